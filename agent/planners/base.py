@@ -1,0 +1,46 @@
+"""The Planner protocol and the state a planner sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from agent.types import MediaInfo, PlannerReply, Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from tools.base import Tool
+
+
+@dataclass
+class PlannerState:
+    """Everything a planner may look at to choose the next action.
+
+    ``steps`` are this turn's steps so far; ``history`` the (question, answer, steps) of earlier
+    turns of a conversation; ``images(id)`` returns the pixels of a media id.
+    """
+
+    question: str
+    media: list[MediaInfo]
+    steps: list[Step]
+    tools: dict[str, type["Tool"]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    images: Any = None  # Callable[[str], Image.Image]
+    max_steps: int = 8
+
+    def image(self, media_id: str) -> "Image.Image":
+        return self.images(media_id)
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """``next(state)`` returns the next decision (a tool action or a final answer).
+
+    Raise ``PlannerOutputError`` for output that is not a valid action: the loop records it and
+    asks again (bounded). ``name`` is recorded in the trace.
+    """
+
+    name: str
+
+    def next(self, state: PlannerState) -> PlannerReply: ...

@@ -1,0 +1,82 @@
+"""Parsing planner text into actions: ``parse_action(text, format="json")``.
+
+JSON format (what the prompts ask for): one object, either
+``{"thought": "...", "tool": "detect", "args": {...}}`` or
+``{"thought": "...", "final": "the answer", "evidence": ["det_1_0"]}``. Code fences and text around
+the object are tolerated; ``{"action": NAME, "action_input": {...}}`` is accepted too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from agent.errors import PlannerOutputError
+from agent.types import Action, Final
+
+_FORMATS: dict[str, Callable[[str], Action | Final]] = {}
+
+
+def register_format(name: str) -> Callable[[Callable[[str], Action | Final]], Callable[[str], Action | Final]]:
+    def deco(fn: Callable[[str], Action | Final]) -> Callable[[str], Action | Final]:
+        _FORMATS[name] = fn
+        return fn
+
+    return deco
+
+
+def parse_action(text: str, format: str = "json") -> Action | Final:  # noqa: A002 - public name
+    """Parse planner text into an ``Action`` or a ``Final``; ``PlannerOutputError`` if it cannot."""
+    try:
+        parser = _FORMATS[format]
+    except KeyError:
+        raise PlannerOutputError(f"unknown action format '{format}'; available: {', '.join(sorted(_FORMATS))}") from None
+    return parser(text)
+
+
+def extract_json_object(text: str) -> dict[str, Any]:
+    """The first complete JSON object in ``text`` (code fences and surrounding prose ignored)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    last_error = "no JSON object found"
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as exc:
+            last_error = f"invalid JSON ({exc.msg} at character {exc.pos})"
+        else:
+            if isinstance(value, dict):
+                return value
+        start = text.find("{", start + 1)
+    raise PlannerOutputError(f"planner output is not a JSON action: {last_error}", raw=text)
+
+
+def decision_from_dict(obj: dict[str, Any], raw: str = "") -> Action | Final:
+    """Map a decoded JSON object onto an Action or Final."""
+    thought = str(obj.get("thought", "") or "")
+    if "final" in obj or "answer" in obj and "tool" not in obj:
+        answer = obj.get("final", obj.get("answer"))
+        evidence = obj.get("evidence", [])
+        if isinstance(evidence, str):
+            evidence = [evidence]
+        if not isinstance(answer, (str, int, float)) or not isinstance(evidence, list):
+            raise PlannerOutputError("final answer must be text with an evidence list of ids", raw=raw)
+        return Final(answer=str(answer), evidence=[str(e) for e in evidence], thought=thought)
+    tool = obj.get("tool", obj.get("action"))
+    args = obj.get("args", obj.get("action_input", obj.get("arguments", {})))
+    if not isinstance(tool, str) or not tool:
+        raise PlannerOutputError('action must name a tool: {"tool": NAME, "args": {...}} or give {"final": ...}', raw=raw)
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            raise PlannerOutputError(f"arguments of {tool} must be a JSON object", raw=raw) from None
+    if not isinstance(args, dict):
+        raise PlannerOutputError(f"arguments of {tool} must be a JSON object", raw=raw)
+    return Action(tool=tool, args=args, thought=thought)
+
+
+@register_format("json")
+def _parse_json(text: str) -> Action | Final:
+    return decision_from_dict(extract_json_object(text), raw=text)

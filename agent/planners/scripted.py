@@ -1,0 +1,113 @@
+"""Planners for tests and scripted runs: a fixed plan, or a Python function.
+
+Scripted plan format (YAML or JSON): a list of steps, each ``{tool: NAME, args: {...}}`` or
+``{final: TEXT, evidence: [IDS]}`` (a top-level mapping with a ``plan`` key is accepted too).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from agent.errors import PlannerOutputError, RunError, UsageError
+from agent.planners.base import PlannerState
+from agent.planners.parsing import decision_from_dict, parse_action
+from agent.types import Action, Decision, Final, PlannerReply
+
+_decision = TypeAdapter(Decision)
+
+
+def plan_from_data(data: Any, origin: str = "plan") -> list[Action | Final]:
+    """Validate a scripted plan (list of dicts, Actions or Finals)."""
+    if isinstance(data, dict) and "plan" in data:
+        data = data["plan"]
+    if not isinstance(data, list) or not data:
+        raise UsageError(f"{origin}: a scripted plan must be a non-empty list of steps")
+    steps: list[Action | Final] = []
+    for i, item in enumerate(data):
+        if isinstance(item, (Action, Final)):
+            steps.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise UsageError(f"{origin}: step {i + 1} must be a mapping like {{tool: NAME, args: {{...}}}}")
+        unknown = set(item) - {"tool", "args", "final", "evidence", "thought"}
+        if unknown:
+            raise UsageError(f"{origin}: step {i + 1} has unknown keys: {', '.join(sorted(unknown))}")
+        if "tool" not in item and "final" not in item:
+            raise UsageError(f"{origin}: step {i + 1} needs `tool` or `final`")
+        try:
+            steps.append(decision_from_dict(item))
+        except PlannerOutputError as exc:
+            raise UsageError(f"{origin}: step {i + 1}: {exc}") from None
+    return steps
+
+
+def load_plan(path: str | Path) -> list[Action | Final]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"plan file not found: {p}")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"plan file {p} cannot be parsed: {str(exc).splitlines()[0]}") from None
+    return plan_from_data(data, str(p))
+
+
+class ScriptedPlanner:
+    """Returns the plan's steps in order, whatever the observations. Running out is a run error."""
+
+    name = "script"
+
+    def __init__(self, plan: Sequence[Action | Final | dict[str, Any]] | str | Path) -> None:
+        if isinstance(plan, (str, Path)):
+            self.plan = load_plan(plan)
+            self.name = f"script:{plan}"
+        else:
+            self.plan = plan_from_data(list(plan))
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    def fork(self) -> "ScriptedPlanner":
+        """A fresh copy at the start of the plan (each run gets its own)."""
+        twin = ScriptedPlanner(self.plan)
+        twin.name = self.name
+        return twin
+
+    def next(self, state: PlannerState) -> PlannerReply:
+        with self._lock:
+            if self._pos >= len(self.plan):
+                raise RunError(f"the scripted plan ran out after {len(self.plan)} steps without a final answer")
+            decision = self.plan[self._pos]
+            self._pos += 1
+        return PlannerReply(decision=decision, raw=decision.model_dump_json())
+
+
+class FunctionPlanner:
+    """Calls ``fn(state)``, which returns an Action, a Final, a dict or JSON text."""
+
+    name = "function"
+
+    def __init__(self, fn: Callable[[PlannerState], Any]) -> None:
+        self.fn = fn
+
+    def next(self, state: PlannerState) -> PlannerReply:
+        out = self.fn(state)
+        if isinstance(out, PlannerReply):
+            return out
+        if isinstance(out, (Action, Final)):
+            return PlannerReply(decision=out, raw=out.model_dump_json())
+        if isinstance(out, str):
+            return PlannerReply(decision=parse_action(out), raw=out)
+        if isinstance(out, dict):
+            try:
+                return PlannerReply(decision=decision_from_dict(out), raw=json.dumps(out, default=str))
+            except ValidationError as exc:
+                raise PlannerOutputError(str(exc)) from None
+        raise PlannerOutputError(f"planner function returned {type(out).__name__}, not an action")

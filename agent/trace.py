@@ -1,0 +1,94 @@
+"""Traces as JSON lines, written while the run goes.
+
+File format: first line ``{"type": "meta", ...RunMeta}``, then one line per step (the step's own
+JSON, tagged by ``type``), and, when the run ends, ``{"type": "answer", ...}`` with the answer,
+evidence and status. Each line is flushed when written: a run killed mid-way leaves every finished
+step on disk. ``read_trace`` reads a complete or interrupted file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from agent.errors import UsageError
+from agent.types import Answer, RunMeta, Step, Trace
+
+_step = TypeAdapter(Step)
+
+
+class TraceWriter:
+    """Appends a run's meta, steps and answer to a JSONL file, flushing each line."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _write(self, line: str) -> None:
+        if self._fh is None:
+            return
+        self._fh.write(line)
+        self._fh.write("\n")
+        self._fh.flush()
+
+    def meta(self, meta: RunMeta) -> None:
+        self._write('{"type":"meta",' + meta.model_dump_json()[1:])
+
+    def step(self, step: Any) -> None:
+        self._write(step.model_dump_json())
+
+    def answer(self, answer: Answer) -> None:
+        data = answer.model_dump(mode="json", exclude={"trace"})
+        data["type"] = "answer"
+        self._write(json.dumps(data))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_trace(path: str | os.PathLike[str]) -> tuple[Trace, dict[str, Any] | None]:
+    """Read a trace file -> (Trace, the answer record or None for an interrupted run).
+
+    A file may hold several runs (appended); the last run is returned. A final line cut off by a
+    kill is ignored.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"trace file not found: {p}")
+    runs: list[tuple[Trace, dict[str, Any] | None]] = []
+    lines = p.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # partial last line of a killed run
+                break
+            raise UsageError(f"{p}:{n}: not a JSON line") from None
+        kind = data.get("type")
+        try:
+            if kind == "meta":
+                data.pop("type")
+                runs.append((Trace(meta=RunMeta.model_validate(data)), None))
+            elif kind == "answer":
+                if not runs:
+                    raise UsageError(f"{p}:{n}: answer before the run's meta line")
+                runs[-1] = (runs[-1][0], data)
+            else:
+                if not runs:
+                    raise UsageError(f"{p}:{n}: step before the run's meta line")
+                runs[-1][0].steps.append(_step.validate_python(data))
+        except ValidationError as exc:
+            raise UsageError(f"{p}:{n}: invalid trace record: {exc.errors()[0]['msg']}") from None
+    if not runs:
+        raise UsageError(f"{p}: no run in this trace file")
+    return runs[-1]

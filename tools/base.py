@@ -1,0 +1,203 @@
+"""The tool contract.
+
+A tool is a class with ``name``, ``description``, ``Input`` and ``Output`` (pydantic models) and
+``run(input, ctx) -> Output``. ``Output.observation()`` is the short text the planner sees; the
+typed output is the artifact callers get. A wrongly declared tool fails when its class is defined
+(at import).
+
+Region ids: every localized result carries an id unique within a run, ``<prefix>_<n>_<i>`` where n
+is the 1-based number of the tool call in the run and i the 0-based index in its output
+(``det_2_0``, ``mask_3_1``, ``ocr_1_4``). ``ctx.region_id(prefix, i)`` makes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+OBSERVATION_LIMIT = 500
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+REGION_ID_RE = re.compile(r"^(det|mask|ocr)_(\d+)_(\d+)$")
+
+Box = list[float]  # [x0, y0, x1, y1] in original-image pixels
+#: a probability / threshold in [0, 1]; NaN and infinities are rejected
+Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class ToolInput(BaseModel):
+    """Base of every tool's Input: unknown arguments are an error the planner is told about."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolOutput(BaseModel):
+    """Base of every tool's Output."""
+
+    def observation(self) -> str:  # pragma: no cover - every tool overrides it
+        raise NotImplementedError
+
+    def regions(self) -> list["Region"]:
+        """Every localized result in this output (anything with an ``id`` and a ``box``)."""
+        found: list[Region] = []
+        for value in self.__dict__.values():
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, Region):
+                    found.append(item)
+        return found
+
+
+class Region(BaseModel):
+    """A localized result. ``box``: [x0, y0, x1, y1] in pixels of the original image."""
+
+    id: str
+    image: str
+    box: Box
+    score: float | None = None
+    label: str | None = None
+
+    def describe(self) -> str:
+        box = ", ".join(f"{v:.0f}" for v in self.box)
+        parts = [self.id]
+        if self.label:
+            parts.append(repr(self.label))
+        if self.score is not None:
+            parts.append(f"score {self.score:.2f}")
+        parts.append(f"box [{box}]")
+        return " ".join(parts)
+
+
+def clip_text(text: str, limit: int = OBSERVATION_LIMIT) -> str:
+    """Shorten ``text`` to at most ``limit`` characters, marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 15].rstrip() + " … (truncated)"
+
+
+def finite(value: float | None, name: str) -> float | None:
+    """Reject NaN / infinite numbers with a message naming the argument."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+@runtime_checkable
+class ToolContext(Protocol):
+    """What a tool may use while it runs (implemented by the agent's run context)."""
+
+    call: int  # 1-based number of this tool call in the run
+    cache: dict[str, str]  # cache events of this call, e.g. {"sam_image_embedding": "hit"}
+    models: list[str]  # model ids this call used
+
+    def image(self, media_id: str) -> "Image.Image": ...
+
+    def image_ids(self) -> list[str]: ...
+
+    def media_cache(self, media_id: str) -> dict[str, Any]: ...
+
+    def region(self, region_id: str) -> Region: ...
+
+    def region_id(self, prefix: str, index: int) -> str: ...
+
+    def model(self, family: str, tool: str | None = None) -> Any: ...
+
+    def tool_config(self, tool: str) -> Any: ...
+
+    def add_image(self, image: "Image.Image", source: str, **info: Any) -> str: ...
+
+    def video_path(self, media_id: str) -> str: ...
+
+    def progress(self, message: str, done: int, total: int) -> None: ...
+
+
+class Tool:
+    """Base class of every tool. Subclasses declare the class attributes below."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Input: ClassVar[type[ToolInput]]
+    Output: ClassVar[type[ToolOutput]]
+    #: model families this tool uses (keys of the config's ``tools`` section)
+    families: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        problems = []
+        name = cls.__dict__.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            problems.append("`name` must be a lowercase identifier string")
+        desc = getattr(cls, "description", None)
+        if not isinstance(desc, str) or len(desc.strip()) < 10:
+            problems.append("`description` must be a sentence (at least 10 characters)")
+        inp = getattr(cls, "Input", None)
+        if not (isinstance(inp, type) and issubclass(inp, BaseModel)):
+            problems.append("`Input` must be a pydantic BaseModel subclass")
+        out = getattr(cls, "Output", None)
+        if not (isinstance(out, type) and issubclass(out, ToolOutput)):
+            problems.append("`Output` must subclass tools.base.ToolOutput")
+        elif out.observation is ToolOutput.observation:
+            problems.append("`Output.observation()` must be implemented")
+        if "run" not in cls.__dict__ and getattr(cls, "run", None) is Tool.run:
+            problems.append("`run(input, ctx)` must be implemented")
+        if not problems and isinstance(inp, type):
+            try:
+                inp.model_json_schema()
+            except Exception as exc:  # noqa: BLE001 - reported as a declaration error
+                problems.append(f"Input schema cannot be rendered: {exc}")
+        if problems:
+            raise TypeError(f"tool {cls.__qualname__} is wrongly declared: " + "; ".join(problems))
+
+    def run(self, input: ToolInput, ctx: ToolContext) -> ToolOutput:  # noqa: A002
+        raise NotImplementedError
+
+    # -- specs -------------------------------------------------------------------------------
+    @classmethod
+    def input_schema(cls) -> dict[str, Any]:
+        return cls.Input.model_json_schema()
+
+    @classmethod
+    def spec(cls) -> dict[str, Any]:
+        """``{name, description, input_schema}`` — what `visagent tools --json` prints."""
+        return {"name": cls.name, "description": cls.description, "input_schema": cls.input_schema()}
+
+    @classmethod
+    def signature(cls) -> str:
+        """One-line spec rendered from the Input schema, e.g. ``detect(image: str, labels: list[str], ...)``."""
+        schema = cls.input_schema()
+        required = set(schema.get("required", []))
+        parts = []
+        for pname, prop in schema.get("properties", {}).items():
+            typ = _schema_type(prop, schema)
+            if pname in required:
+                parts.append(f"{pname}: {typ}")
+            else:
+                default = prop.get("default")
+                parts.append(f"{pname}?: {typ}" + (f" = {json.dumps(default)}" if default is not None else ""))
+        return f"{cls.name}({', '.join(parts)})"
+
+
+def _schema_type(prop: dict[str, Any], root: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        ref = prop["$ref"].rsplit("/", 1)[-1]
+        return ref
+    if "anyOf" in prop:
+        types = [_schema_type(p, root) for p in prop["anyOf"] if p.get("type") != "null"]
+        return " | ".join(types) if types else "null"
+    typ = prop.get("type", "any")
+    if typ == "array":
+        return f"list[{_schema_type(prop.get('items', {}), root)}]"
+    if "enum" in prop:
+        return "|".join(json.dumps(v) for v in prop["enum"])
+    return {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "object": "dict"}.get(
+        typ, typ
+    )
+

@@ -1,0 +1,54 @@
+"""Registries of model loaders and tiny-checkpoint builders, filled by the tool modules.
+
+- ``@register_loader(family, backend)`` registers ``loader(checkpoint, device, dtype, options)``
+  returning the loaded bundle (model + processor ...). ``checkpoint`` is a local path or a Hub id
+  already resolved by the agent; the loader calls ``from_pretrained`` / the official builder on it
+  exactly as for a real checkpoint. ``dtype`` is a ``torch.dtype``.
+- ``@register_tiny(name, backend="transformers")`` registers ``builder(folder: Path)`` that writes a
+  tiny random checkpoint of the same architecture into ``folder`` (``save_pretrained`` or the
+  official format), deterministically (fixed seed). ``tiny:NAME`` checkpoints are built with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Loader = Callable[[str, str, Any, dict[str, Any]], Any]
+TinyBuilder = Callable[[Path], None]
+
+_LOADERS: dict[tuple[str, str], Loader] = {}
+_TINY: dict[tuple[str, str], TinyBuilder] = {}
+
+
+def register_loader(family: str, backend: str = "transformers") -> Callable[[Loader], Loader]:
+    def deco(fn: Loader) -> Loader:
+        _LOADERS[(family, backend)] = fn
+        return fn
+
+    return deco
+
+
+def register_tiny(name: str, backend: str = "transformers") -> Callable[[TinyBuilder], TinyBuilder]:
+    def deco(fn: TinyBuilder) -> TinyBuilder:
+        _TINY[(name, backend)] = fn
+        return fn
+
+    return deco
+
+
+def loader_for(family: str, backend: str) -> Loader | None:
+    return _LOADERS.get((family, backend))
+
+
+def tiny_builder(name: str, backend: str) -> TinyBuilder | None:
+    return _TINY.get((name, backend)) or _TINY.get((name, "transformers"))
+
+
+def loaders() -> dict[tuple[str, str], Loader]:
+    return dict(_LOADERS)
+
+
+def tiny_builders() -> dict[tuple[str, str], TinyBuilder]:
+    return dict(_TINY)
