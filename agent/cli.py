@@ -1,0 +1,256 @@
+"""The ``visagent`` command line.
+
+Exit codes: 0 answered, 1 the run failed (no answer), 2 bad input or usage (one line on stderr).
+Heavy libraries (torch, transformers) are imported only by the commands that need them, so
+``visagent --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="visagent",
+    help="Ask questions about images and videos; get answers grounded in boxes, masks and text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+TINY_NOTE = (
+    "profile 'tiny': tiny random checkpoints of the real architectures — the pipeline is real, "
+    "the answers are meaningless. Use --profile default with real checkpoints (see README: Models)."
+)
+
+
+class Exit(Exception):
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def fail_usage(message: str) -> None:
+    raise Exit(2, message)
+
+
+def _load_config(config: Optional[Path], profile: Optional[str], overrides: dict[str, Any] | None = None) -> Any:
+    from agent.config import load_config
+
+    return load_config(config, profile=profile, overrides=overrides or {})
+
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="default (real checkpoints) or tiny (random tiny models)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")]
+
+
+@app.command()
+def ask(
+    args: Annotated[list[str], typer.Argument(help="MEDIA... QUESTION: image/video paths or sample:NAME, then the question", show_default=False)],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    planner: Annotated[Optional[str], typer.Option(help="llava, openai, or script:PLAN.yaml")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="planner steps before giving up (default 8)")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="append the trace as JSON lines while the run goes")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object: answer, evidence, trace")] = False,
+    show: Annotated[Optional[Path], typer.Option(help="save the image(s) with the cited evidence drawn (PNG)")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="save a self-contained HTML report of the run")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,
+) -> None:
+    """Answer QUESTION about MEDIA (images, videos, sample:NAME)."""
+    if len(args) < 2:
+        fail_usage("ask needs at least one media input and a question: visagent ask IMAGE... QUESTION")
+    *media, question = args
+    cfg = _load_config(config, profile)
+    from agent.agent import Agent
+
+    if cfg.profile == "tiny":
+        err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
+    agent = Agent(cfg, planner=planner)
+    run = agent.stream(question, media, trace_path=trace, max_steps=max_steps, progress=_progress)
+    for step in run:
+        if verbose:
+            err.print(_describe_step(step))
+    answer = run.answer
+    assert answer is not None
+    if show is not None:
+        from agent.render import render_answer
+
+        render_answer(answer, run.media, show)
+    if report is not None:
+        from agent.report import write_report
+
+        write_report(answer, run.media, report)
+    if as_json:
+        sys.stdout.write(answer.model_dump_json() + "\n")
+    else:
+        _print_answer(answer)
+    if not answer.ok:
+        if not as_json:
+            err.print(f"[red]no answer:[/red] {answer.error}")
+        raise Exit(1)
+
+
+def _progress(message: str, done: int, total: int) -> None:
+    if total:
+        err.print(f"{message}: {done}/{total}", end="\r" if done < total else "\n")
+
+
+def _describe_step(step: Any) -> str:
+    kind = step.type
+    if kind == "planner":
+        act = step.action
+        what = f"final: {act.answer}" if act.kind == "final" else f"{act.tool} {json.dumps(act.args)}"
+        return f"[{step.index}] plan  {what}  ({step.ms:.0f} ms)"
+    if kind == "tool":
+        cache = f" cache={step.cache}" if step.cache else ""
+        return f"[{step.index}] tool  {step.tool}: {step.observation}  ({step.ms:.0f} ms){cache}"
+    if kind == "error":
+        return f"[{step.index}] error ({step.source}) {step.message}"
+    if kind == "final":
+        return f"[{step.index}] final {step.answer}"
+    return f"[{step.index}] {kind} {getattr(step, 'message', '')}"
+
+
+def _print_answer(answer: Any) -> None:
+    if answer.ok:
+        out.print(f"[bold]{answer.answer}[/bold]")
+    for warning in answer.warnings:
+        out.print(f"[yellow]warning:[/yellow] {warning}")
+    if answer.evidence:
+        out.print("evidence:")
+        for ev in answer.evidence:
+            if ev.region:
+                r = ev.region
+                box = ", ".join(f"{v:.0f}" for v in r.get("box", []))
+                score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
+                label = f" {r['label']!r}" if r.get("label") else ""
+                out.print(f"  {ev.id}  {ev.tool} (step {ev.step}){label}{score} box [{box}] on {r.get('image')}")
+            else:
+                out.print(f"  {ev.id}  {ev.tool} (step {ev.step}): {ev.observation}")
+    n_tools = len(answer.trace.tool_steps())
+    out.print(f"[dim]{len(answer.trace.steps)} steps, {n_tools} tool calls, {answer.trace.meta.ms or 0:.0f} ms[/dim]")
+
+
+@app.command()
+def tools(as_json: Annotated[bool, typer.Option("--json", help="JSON list of {name, description, input_schema}")] = False) -> None:
+    """List the tools with their descriptions and input schemas."""
+    from agent.registry import load_builtin_tools
+
+    registry = load_builtin_tools()
+    if as_json:
+        sys.stdout.write(json.dumps([t.spec() for t in registry.values()], indent=2) + "\n")
+        return
+    for tool in registry.values():
+        out.print(f"[bold]{tool.signature()}[/bold]\n    {tool.description}")
+
+
+@app.command()
+def models(profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Configured checkpoint per model family, whether it is available and resident."""
+    from agent.checkpoints import is_available
+
+    cfg = _load_config(config, profile)
+    rows = []
+    for family, mc in cfg.models.items():
+        ok, where = is_available(mc.checkpoint, family=family, backend=mc.backend, cache_dir=cfg.cache_path)
+        rows.append({"family": family, "checkpoint": mc.checkpoint, "backend": mc.backend, "available": ok, "where": where, "resident": False, "bytes": 0})
+    if as_json:
+        sys.stdout.write(json.dumps({"profile": cfg.profile, "models": rows}, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"models (profile {cfg.profile}; resident: none — this process has loaded nothing)")
+    for col in ("family", "backend", "checkpoint", "available"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["family"], r["backend"], r["checkpoint"], ("yes: " if r["available"] else "[red]no[/red]: ") + r["where"])
+    out.print(table)
+
+
+@app.command()
+def doctor(profile: ProfileOpt = None, config: ConfigOpt = None) -> None:
+    """Check torch/CUDA, optional backends and checkpoint availability."""
+    from importlib.util import find_spec
+
+    cfg = _load_config(config, profile)
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        out.print(f"torch {torch.__version__}; CUDA: " + (f"yes ({torch.cuda.get_device_name(0)})" if cuda else "no (CPU)"))
+    except Exception as exc:  # noqa: BLE001
+        out.print(f"[red]torch cannot be imported:[/red] {exc}")
+    for mod, extra in (
+        ("transformers", "core"), ("segment_anything", "sam"), ("groundingdino", "gdino"), ("av", "video"),
+        ("rapidocr_onnxruntime", "ocr"), ("fastapi", "server"), ("langchain", "langchain"), ("supervision", "render"),
+    ):  # fmt: skip
+        ok = find_spec(mod) is not None
+        out.print(f"  {mod:22s} {'ok' if ok else '[yellow]missing[/yellow] (pip install visagent[' + extra + '])'}")
+    out.print(f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}; cache dir {cfg.cache_path}")
+    models(profile=cfg.profile, config=config)
+
+
+def _register_commands() -> None:
+    import agent.commands as pkg
+
+    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"agent.commands.{mod.name}")
+        register = getattr(module, "register", None)
+        if callable(register):
+            register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app, mapping errors to exit codes and one-line messages."""
+    from agent.errors import UsageError, VisagentError
+
+    logging.basicConfig(level=os.environ.get("VISAGENT_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except Exit as exc:
+        if exc.message:
+            err.print(f"error: {exc.message}", markup=False, highlight=False)
+        return exc.code
+    except UsageError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except VisagentError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted (the trace holds every finished step)", markup=False)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        logging.getLogger("visagent").debug("unexpected error", exc_info=True)
+        err.print(f"error: {type(exc).__name__}: {exc} (set VISAGENT_LOG=DEBUG for details)", markup=False, highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Extra CLI subcommands: each module here exposes ``register(app: typer.Typer) -> None``."""
