@@ -83,7 +83,7 @@ class RunStream:
         question: str,
         media: Sequence[Any],
         *,
-        planner: Planner,
+        planner: Planner | Callable[[], Planner],
         trace_path: str | Path | None = None,
         max_steps: int | None = None,
         history: list[dict[str, Any]] | None = None,
@@ -91,13 +91,13 @@ class RunStream:
     ) -> None:
         self.agent = agent
         self.question = question
-        self.planner = planner
         self.max_steps = max_steps or agent.config.limits.max_steps
         self.history = history or []
         limits = agent.config.limits
         self.media = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
         for source in media:  # validated up front: bad media fails before anything runs
             self.media.add(source)
+        self.planner: Planner = planner() if callable(planner) and not hasattr(planner, "next") else planner
         self.ctx = RunContext(agent.config, agent.pool, self.media, progress)
         self.trace = Trace(
             meta=RunMeta(
@@ -107,7 +107,7 @@ class RunStream:
                 media=self.media.infos(),
                 config=agent.config.model_dump(mode="json"),
                 checkpoints={k: v.checkpoint for k, v in agent.config.models.items()},
-                planner=getattr(planner, "name", type(planner).__name__),
+                planner=getattr(self.planner, "name", type(self.planner).__name__),
                 seed=agent.config.planner.seed,
                 versions=versions(),
             )
@@ -264,8 +264,12 @@ class RunStream:
         call = ctx.begin_call()
         t0 = time.perf_counter()
         try:
-            output = self.agent._execute(tool, inp, ctx)
-            observation = clip_text(output.observation())
+            try:
+                output = self.agent._execute(tool, inp, ctx)
+                observation = clip_text(output.observation())
+            except BaseException:
+                ctx.end_failed_call()  # a failed call takes no number: ids stay dense
+                raise
         except futures.TimeoutError:
             return self._emit(
                 ErrorStep(source="timeout", tool=name, args=action.args, message=f"{name} timed out after {self.agent.config.limits.tool_timeout_s} s")
@@ -419,7 +423,7 @@ class Agent:
             self,
             question,
             list(media),
-            planner=self._run_planner(planner),
+            planner=lambda: self._run_planner(planner),
             trace_path=trace_path,
             max_steps=max_steps,
             history=history,
@@ -439,3 +443,16 @@ class Agent:
         if self._executor is None:
             self._executor = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="visagent-tool")
         return self._executor.submit(tool.run, inp, ctx).result(timeout=timeout)
+
+    # -- asyncio -----------------------------------------------------------------------------
+    async def aask(self, question: str, media: Sequence[Any] = (), **kwargs: Any) -> Answer:
+        """``ask`` with the model work in a worker thread (see ``agent.aio``)."""
+        from agent.aio import aask
+
+        return await aask(self, question, media, **kwargs)
+
+    def astream(self, question: str, media: Sequence[Any] = (), **kwargs: Any) -> Any:
+        """An ``AsyncRunStream``: ``async for step in agent.astream(...)`` (see ``agent.aio``)."""
+        from agent.aio import astream
+
+        return astream(self, question, media, **kwargs)

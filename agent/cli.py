@@ -236,16 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted (the trace holds every finished step)", markup=False)
         return 130
-    except Exception as exc:  # noqa: BLE001 - click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.Abort:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - usage errors of the CLI library, and the unexpected
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # bad flag, missing argument, ...
             err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
             return 2
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
         logging.getLogger("visagent").debug("unexpected error", exc_info=True)
         err.print(f"error: {type(exc).__name__}: {exc} (set VISAGENT_LOG=DEBUG for details)", markup=False, highlight=False)
         return 1

@@ -102,6 +102,9 @@ class RunContext:
         self.models = []
         return self.call
 
+    def end_failed_call(self) -> None:
+        self.call -= 1
+
     def record_regions(self, regions: list[Region], tool: str, step: int) -> None:
         for region in regions:
             self.regions[region.id] = RegionRecord(region, tool, step, self.call)

@@ -129,7 +129,9 @@ def load_image_file(path: Path, max_pixels: int) -> tuple[Image.Image, list[str]
                 notes.append(f"{path.name}: animated image with {n_frames} frames; using the first frame")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise MediaError(f"{path}: image is over the pixel limit of {limit / 1e6:.1f} MP (limits.max_pixels)") from None
+        raise MediaError(
+            f"{path}: image is over the limit of {limit / 1e6:.1f} MP (raise limits.max_pixels to allow it)"
+        ) from None
     except UnidentifiedImageError:
         raise MediaError(f"{path}: not an image or video (unrecognized content)") from None
     except (OSError, SyntaxError, ValueError) as exc:

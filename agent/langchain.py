@@ -1,0 +1,258 @@
+"""LangChain adapters: visagent's tools, or the whole agent, as LangChain tools.
+
+- ``make_tools(agent)``: one ``StructuredTool`` per visagent tool. ``args_schema`` is the tool's
+  ``Input`` model; ``response_format="content_and_artifact"``: the ``ToolMessage`` content is the
+  observation text, its ``artifact`` the typed ``Output`` (boxes, masks, scores as pydantic objects).
+  Media arguments (fields whose name mentions image, video, media or frame) take a media id
+  (``img_0``), a file path or ``sample:NAME``; a new path is registered and its id reported at the
+  end of the content (``[media: photo.jpg = img_0]``). The tools of one ``make_tools`` call share a
+  ``ToolSession``: its media and region ids (``det_1_0``) persist from call to call, so a later call
+  can segment the boxes an earlier call detected.
+- ``make_agent_tool(agent)``: one tool ``visual_question(question, media)`` that runs the whole
+  visagent loop; content = the answer and its evidence, artifact = the ``Answer``.
+
+Bad arguments come back as the tool message (status ``error``) so the chat model can retry; they
+never raise out of the LangChain agent. Both adapters work inside ``langchain.agents.create_agent``.
+Needs ``langchain-core`` (``pip install 'visagent[langchain]'`` for ``create_agent``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import MediaError, ToolError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from langchain_core.tools import StructuredTool
+
+    from agent.agent import Agent
+    from agent.types import Answer
+    from tools.base import Tool, ToolOutput
+
+log = logging.getLogger(__name__)
+
+_MEDIA_FIELD = re.compile(r"image|video|media|frame")
+_MEDIA_ID = re.compile(r"^(img|vid)_\d+$")
+
+
+class ToolSession:
+    """Media and regions shared by the LangChain tools of one ``make_tools`` call (thread-safe).
+
+    ``media``: the ``MediaStore`` (ids ``img_k`` / ``vid_k``); ``ctx``: the ``RunContext`` whose
+    ``regions`` hold every region id produced so far; ``calls``: one record per finished call
+    (``{"call", "tool", "args", "observation"}``).
+    """
+
+    def __init__(self, agent: "Agent", media: Sequence[Any] = ()) -> None:
+        from agent.context import RunContext
+        from agent.media import MediaStore
+
+        limits = agent.config.limits
+        self.agent = agent
+        self.media = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
+        self.ctx = RunContext(agent.config, agent.pool, self.media)
+        self.calls: list[dict[str, Any]] = []
+        self._sources: dict[str, str] = {}
+        self._lock = threading.RLock()
+        for source in media:
+            self.add_media(source)
+
+    def add_media(self, source: Any) -> str:
+        """Register a media input (path, ``sample:NAME``, PIL image, array); returns its id.
+
+        The same path or sample name given twice gets the same id.
+        """
+        with self._lock:
+            key = str(source) if isinstance(source, str) else None
+            if key is not None and key in self._sources:
+                return self._sources[key]
+            media_id = self.media.add(source)
+            if key is not None:
+                self._sources[key] = media_id
+            return media_id
+
+    def _resolve(self, value: Any, added: list[tuple[str, str]]) -> Any:
+        if isinstance(value, list):
+            return [self._resolve(v, added) for v in value]
+        if not isinstance(value, str) or _MEDIA_ID.match(value) and value in self.media:
+            return value
+        if _MEDIA_ID.match(value):
+            known = ", ".join(self.media.ids()) or "none yet (pass a file path or sample:NAME)"
+            raise MediaError(f"unknown media id '{value}'; known: {known}")
+        fresh = value not in self._sources
+        media_id = self.add_media(value)
+        if fresh:
+            added.append((value, media_id))
+        return media_id
+
+    def call(self, tool: "Tool", args: dict[str, Any]) -> tuple[str, "ToolOutput"]:
+        """Run ``tool`` with ``args`` (media given as paths are registered first).
+
+        Returns (content text, typed output). Raises ``ToolException`` with a one-line reason
+        for bad arguments, bad media and tool failures.
+        """
+        import concurrent.futures as futures
+
+        from langchain_core.tools import ToolException
+
+        from tools.base import clip_text
+
+        with self._lock:
+            added: list[tuple[str, str]] = []
+            try:
+                args = {
+                    k: self._resolve(v, added) if _MEDIA_FIELD.search(k) else v for k, v in args.items()
+                }
+                inp = tool.Input.model_validate(args)
+            except ValidationError as exc:
+                from agent.agent import format_validation_error
+
+                raise ToolException(format_validation_error(tool.name, exc)) from None
+            except UsageError as exc:
+                raise ToolException(str(exc)) from None
+            ctx = self.ctx
+            ctx.begin_call()
+            try:
+                output = self.agent._execute(tool, inp, ctx)
+                observation = clip_text(output.observation())
+            except futures.TimeoutError:
+                ctx.end_failed_call()
+                raise ToolException(f"{tool.name} timed out after {self.agent.config.limits.tool_timeout_s} s") from None
+            except (ToolError, UsageError, ValueError) as exc:
+                ctx.end_failed_call()
+                raise ToolException(f"{tool.name}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a tool crash is a message for the model
+                ctx.end_failed_call()
+                log.debug("tool %s failed", tool.name, exc_info=True)
+                raise ToolException(f"{tool.name} failed: {type(exc).__name__}: {exc}") from None
+            ctx.record_regions(output.regions(), tool.name, len(self.calls))
+            self.calls.append({"call": ctx.call, "tool": tool.name, "args": args, "observation": observation})
+        if added:
+            observation += " [media: " + "; ".join(f"{src} = {mid}" for src, mid in added) + "]"
+        return observation, output
+
+
+def _tool_description(tool: "Tool") -> str:
+    return (
+        f"{tool.description} Media arguments take a media id (img_0), a file path or sample:NAME; "
+        "region ids from earlier calls (det_1_0) stay valid."
+    )
+
+
+def make_tools(
+    agent: "Agent", names: Sequence[str] | None = None, media: Sequence[Any] = (), session: ToolSession | None = None
+) -> list["StructuredTool"]:
+    """One LangChain ``StructuredTool`` per visagent tool of ``agent`` (or only ``names``).
+
+    ``media`` are registered up front (``img_0``, ... in order). The tools share one
+    ``ToolSession`` (pass ``session`` to reuse one); it is also on each tool as
+    ``tool.metadata["visagent_session"]``.
+    """
+    from langchain_core.tools import StructuredTool
+
+    unknown = [n for n in names or () if n not in agent.tools]
+    if unknown:
+        raise UsageError(f"unknown tool(s): {', '.join(unknown)}; available: {', '.join(agent.tools)}")
+    session = session or ToolSession(agent, media)
+    chosen = [agent.tools[n] for n in names] if names else list(agent.tools.values())
+    out = []
+    for tool in chosen:
+
+        def run(_tool: "Tool" = tool, **kwargs: Any) -> tuple[str, "ToolOutput"]:
+            return session.call(_tool, kwargs)
+
+        out.append(
+            StructuredTool.from_function(
+                func=run,
+                name=tool.name,
+                description=_tool_description(tool),
+                args_schema=tool.Input,
+                response_format="content_and_artifact",
+                handle_tool_error=True,
+                handle_validation_error=_validation_message,
+                metadata={"visagent_session": session},
+            )
+        )
+    return out
+
+
+def _validation_message(exc: Any) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in errors()[:4]]
+        return "bad arguments: " + "; ".join(parts)
+    return f"bad arguments: {exc}"
+
+
+class VisualQuestionInput(BaseModel):
+    """Arguments of ``visual_question``."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, description="the question about the media, in plain language")
+    media: list[str] = Field(
+        min_length=1, description="image or video file paths (or sample:NAME), in order: img_0, img_1, ... / vid_0, ..."
+    )
+
+
+def format_answer(answer: "Answer") -> str:
+    """The answer text plus one line per evidence item (id, tool, label, score, box)."""
+    if not answer.ok:
+        return f"no answer ({answer.status}): {answer.error}"
+    lines = [answer.answer]
+    if answer.evidence:
+        lines.append("evidence:")
+        for ev in answer.evidence:
+            if ev.region:
+                r = ev.region
+                box = ", ".join(f"{v:.0f}" for v in r.get("box", []))
+                label = f" {r['label']!r}" if r.get("label") else ""
+                score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
+                lines.append(f"- {ev.id} ({ev.tool}, {r.get('image', '')}){label}{score} box [{box}]")
+            else:
+                lines.append(f"- {ev.id} ({ev.tool}): {ev.observation}")
+    return "\n".join(lines)
+
+
+def make_agent_tool(
+    agent: "Agent", name: str = "visual_question", description: str | None = None, **ask_kwargs: Any
+) -> "StructuredTool":
+    """The whole visagent loop as one LangChain tool ``visual_question(question, media)``.
+
+    Content: the answer and its evidence (``format_answer``); artifact: the ``Answer`` (with
+    trace). ``ask_kwargs`` (e.g. ``max_steps``) are passed to ``agent.ask``. Async callers
+    (``ainvoke``) run the loop in a worker thread.
+    """
+    from langchain_core.tools import StructuredTool, ToolException
+
+    def run(question: str, media: list[str]) -> tuple[str, "Answer"]:
+        try:
+            answer = agent.ask(question, media, **ask_kwargs)
+        except UsageError as exc:
+            raise ToolException(str(exc)) from None
+        return format_answer(answer), answer
+
+    async def arun(question: str, media: list[str]) -> tuple[str, "Answer"]:
+        import asyncio
+
+        return await asyncio.to_thread(run, question, media)
+
+    return StructuredTool.from_function(
+        func=run,
+        coroutine=arun,
+        name=name,
+        description=description
+        or (
+            "Answer a question about images or videos with visual tools (detection, segmentation, "
+            "captioning, OCR, ...). Returns the answer with its evidence (region ids, boxes, scores)."
+        ),
+        args_schema=VisualQuestionInput,
+        response_format="content_and_artifact",
+        handle_tool_error=True,
+        handle_validation_error=_validation_message,
+    )

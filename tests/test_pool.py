@@ -1,0 +1,107 @@
+"""ModelPool on tiny real models: lazy, loaded once, shared across threads, LRU eviction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.checkpoints import resolve_checkpoint
+from agent.errors import ModelUnavailableError
+from agent.pool import ModelKey, ModelPool, model_nbytes
+
+
+def bert_folder(tmp_path: Path, name: str, hidden: int) -> Path:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=hidden * 2)
+    folder = tmp_path / name
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_loads_once_shared_across_threads(tmp_path):
+    from transformers import AutoModel
+
+    folder = bert_folder(tmp_path, "bert", 16)
+    pool = ModelPool()
+    loads = []
+
+    def loader():
+        loads.append(1)
+        time.sleep(0.2)  # make concurrent first uses overlap
+        return AutoModel.from_pretrained(folder)
+
+    key = ModelKey("test", str(folder), "cpu", "float32")
+    got = []
+
+    def worker():
+        with pool.use(key, loader) as model:
+            got.append(id(model))
+            with torch.inference_mode():
+                model(input_ids=torch.tensor([[1, 2, 3]]))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(set(got)) == 1
+    stats = pool.stats()
+    assert stats["models"][0]["uses"] == 8 and stats["models"][0]["loads"] == 1
+    assert stats["used_bytes"] == model_nbytes(pool.get(key, loader)) > 0
+
+
+def test_lru_eviction_under_budget(tmp_path):
+    from transformers import AutoModel
+
+    folders = {n: bert_folder(tmp_path, n, 32) for n in ("a", "b", "c")}
+    size = model_nbytes(AutoModel.from_pretrained(folders["a"]))
+    pool = ModelPool(budget_bytes=int(size * 2.5))
+    keys = {n: ModelKey(n, str(f), "cpu", "float32") for n, f in folders.items()}
+    load = {n: (lambda f=f: AutoModel.from_pretrained(f)) for n, f in folders.items()}
+    pool.get(keys["a"], load["a"])
+    pool.get(keys["b"], load["b"])
+    pool.get(keys["a"], load["a"])  # a is now most recent
+    pool.get(keys["c"], load["c"])  # over budget: b (least recent) goes
+    assert pool.resident(keys["a"]) and pool.resident(keys["c"]) and not pool.resident(keys["b"])
+    assert pool.evictions == 1 and pool.stats()["used_bytes"] <= pool.budget_bytes
+
+
+def test_model_in_use_is_not_evicted(tmp_path):
+    from transformers import AutoModel
+
+    fa, fb = bert_folder(tmp_path, "a", 32), bert_folder(tmp_path, "b", 32)
+    pool = ModelPool(budget_bytes=1)
+    ka, kb = ModelKey("a", str(fa), "cpu", "float32"), ModelKey("b", str(fb), "cpu", "float32")
+    with pool.use(ka, lambda: AutoModel.from_pretrained(fa)):
+        pool.get(kb, lambda: AutoModel.from_pretrained(fb))
+        assert pool.resident(ka)
+
+
+def test_failed_load_is_reported_and_retried():
+    pool = ModelPool()
+    key = ModelKey("x", "y", "cpu", "float32")
+
+    def bad():
+        raise OSError("nope")
+
+    with pytest.raises(OSError, match="nope"):
+        pool.get(key, bad)
+    assert pool.get(key, lambda: torch.nn.Linear(2, 2)) is not None
+
+
+def test_unavailable_checkpoint_error_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError) as exc:
+        resolve_checkpoint("someone/not-cached-model", family="detect", backend="transformers", cache_dir=tmp_path)
+    msg = str(exc.value)
+    assert "'someone/not-cached-model' for detect is not available offline" in msg
+    assert "models.detect.checkpoint" in msg and "\n" not in msg
+    with pytest.raises(ModelUnavailableError, match="not found: /no/such/sam.pth"):
+        resolve_checkpoint("/no/such/sam.pth", family="segment", backend="official", cache_dir=tmp_path)
+    assert resolve_checkpoint(str(tmp_path), family="x", backend="y", cache_dir=tmp_path) == str(tmp_path.resolve())
