@@ -164,7 +164,8 @@ def make_tools(
     out = []
     for tool in chosen:
 
-        def run(_tool: "Tool" = tool, **kwargs: Any) -> tuple[str, "ToolOutput"]:
+        # plain annotations: LangGraph resolves this function's type hints at runtime
+        def run(_tool: Any = tool, **kwargs: Any) -> tuple[str, Any]:
             return session.call(_tool, kwargs)
 
         out.append(
@@ -230,14 +231,14 @@ def make_agent_tool(
     """
     from langchain_core.tools import StructuredTool, ToolException
 
-    def run(question: str, media: list[str]) -> tuple[str, "Answer"]:
+    def run(question: str, media: list[str]) -> tuple[str, Any]:
         try:
             answer = agent.ask(question, media, **ask_kwargs)
         except UsageError as exc:
             raise ToolException(str(exc)) from None
         return format_answer(answer), answer
 
-    async def arun(question: str, media: list[str]) -> tuple[str, "Answer"]:
+    async def arun(question: str, media: list[str]) -> tuple[str, Any]:
         import asyncio
 
         return await asyncio.to_thread(run, question, media)

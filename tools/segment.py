@@ -500,11 +500,15 @@ def mask_to_rle(masks: "np.ndarray") -> list[dict[str, Any]]:
 
 def rle_to_mask(rle: dict[str, Any]) -> "np.ndarray":
     """Inverse of ``mask_to_rle`` for one mask: bool (H, W)."""
+    import warnings
+
     from pycocotools import mask as mask_utils
 
     counts = rle["counts"]
     encoded = {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(encoded).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(encoded).astype(bool)
 
 
 def _mask_box(mask: "np.ndarray") -> list[float] | None:

@@ -1,0 +1,61 @@
+"""``visagent serve``: the HTTP API (FastAPI + uvicorn) over one shared agent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="address to listen on (default 127.0.0.1; anything else needs a token)")] = None,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="port (default 8000)")] = None,
+    token: Annotated[Optional[str], typer.Option(help="bearer token required on /v1 routes (or env VISAGENT_TOKEN)")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="default (real checkpoints) or tiny")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (its server: section sets the limits)")] = None,
+    planner: Annotated[Optional[str], typer.Option(help="llava, openai, or script:PLAN.yaml (each request replays the plan)")] = None,
+    allow_root: Annotated[Optional[list[str]], typer.Option("--allow-root", help="folder whose files JSON requests may name by path (repeatable)")] = None,
+    max_concurrency: Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="runs at once (default 2)")] = None,
+    max_queue: Annotated[Optional[int], typer.Option("--max-queue", min=0, help="requests waiting for a slot before 429 (default 16)")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="seconds per request before 504 (default 300)")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve the agent over HTTP: POST /v1/ask, /v1/ask/stream; GET /v1/tools, /v1/models, /healthz."""
+    from agent.cli import TINY_NOTE, _load_config, err
+    from agent.server import is_loopback, load_settings
+
+    cfg = _load_config(config, profile)
+    settings = load_settings(
+        cfg,
+        host=host,
+        port=port,
+        token=token,
+        allowed_roots=list(allow_root) if allow_root else None,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        timeout_s=timeout,
+    )
+    if not is_loopback(settings.host) and not settings.token:
+        from agent.cli import Exit
+
+        raise Exit(
+            2,
+            f"refusing to listen on {settings.host} without a token: pass --token (or set VISAGENT_TOKEN), or use --host 127.0.0.1",
+        )
+    from agent.agent import Agent
+    from agent.server import serve as run_server
+
+    if cfg.profile == "tiny":
+        err.print(f"note: {TINY_NOTE}", markup=False)
+    agent = Agent(cfg, planner=planner)
+    _ = agent.planner  # an unknown planner or a bad plan file fails here, before listening
+    auth = "bearer token required" if settings.token else "no auth (loopback only)"
+    err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs", markup=False)
+    logging.getLogger("agent").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
+    run_server(agent, settings, log_level=log_level)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="serve")(serve)

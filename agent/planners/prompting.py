@@ -1,0 +1,240 @@
+"""Planner prompts: rendering the templates in ``prompts/`` and fitting them into the context.
+
+``build_messages(state, ...)`` returns chat messages in a neutral format that each planner backend
+converts (LLaVA chat template, OpenAI, LangChain)::
+
+    [{"role": "system" | "user" | "assistant",
+      "content": [{"type": "text", "text": str} | {"type": "image", "id": "img_0"}]}]
+
+Order: the system prompt (tool specs rendered from each tool's Input JSON schema, the action
+format, worked examples), one user message with the images and the question (and earlier turns of
+a conversation), then per step: the planner's action as compact JSON (assistant) and the
+observation ``obs_N (tool): text`` or ``error: text`` (user). Consecutive messages of one role are
+merged (some chat templates require alternating roles).
+
+Context budget (``fit_messages``): when the prompt is longer than the budget, older observations
+are shortened step by step — level 1 clips observations older than the last ``keep_recent`` tool
+calls to ``clip_chars``; level 2 replaces them by their ids only; level 3 also drops the worked
+examples; level 4 reduces every observation (recent ones too) to its ids and earlier conversation
+turns to their answers. The question and the images are never cut. Templates are Jinja with
+``StrictUndefined`` (a missing variable is an error, never an empty string).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import RunError, UsageError
+from agent.planners.base import PlannerState
+from agent.types import Action, ErrorStep, Final, NoteStep, PlannerStep, ToolStep
+
+Message = dict[str, Any]
+
+_ID_RE = re.compile(r"\b(?:det|mask|ocr)_\d+_\d+\b")
+MAX_LEVEL = 4
+
+
+def prompts_dir() -> Path:
+    """``$VISAGENT_PROMPTS_DIR`` or the ``prompts/`` folder next to the ``agent`` package."""
+    env = os.environ.get("VISAGENT_PROMPTS_DIR")
+    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "prompts"
+    if not (folder / "system.j2").is_file():
+        raise UsageError(f"planner prompt templates not found in {folder} (set VISAGENT_PROMPTS_DIR)")
+    return folder
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(folder: str) -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+
+
+def render(name: str, **variables: Any) -> str:
+    """Render ``prompts/<name>`` with ``variables`` (StrictUndefined)."""
+    import jinja2
+
+    env = _environment(str(prompts_dir()))
+    try:
+        return env.get_template(name).render(**variables).strip()
+    except jinja2.UndefinedError as exc:
+        raise UsageError(f"prompt template {name}: {exc}") from None
+
+
+def _strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    return node
+
+
+def tool_specs(tools: dict[str, Any]) -> list[dict[str, str]]:
+    """``[{name, signature, description, schema}]`` from each tool's Input JSON schema."""
+    out = []
+    for name, tool in tools.items():
+        schema = _strip(tool.input_schema())
+        out.append(
+            {
+                "name": name,
+                "signature": tool.signature(),
+                "description": tool.description.strip(),
+                "schema": json.dumps(schema, separators=(",", ":")),
+            }
+        )
+    return out
+
+
+def action_json(decision: Action | Final) -> str:
+    """The compact JSON form of a decision, as the prompts ask the planner to write it."""
+    if isinstance(decision, Final):
+        obj: dict[str, Any] = {"thought": decision.thought, "final": decision.answer, "evidence": decision.evidence}
+    else:
+        obj = {"thought": decision.thought, "tool": decision.tool, "args": decision.args}
+    return json.dumps(obj, ensure_ascii=False)
+
+
+@dataclass
+class PromptOptions:
+    """``max_images``: images shown to the planner (the first ones, then the newest frames)."""
+
+    examples: bool = True
+    max_images: int = 4
+    keep_recent: int = 2
+    clip_chars: int = 120
+
+
+def shown_images(state: PlannerState, max_images: int) -> list[str]:
+    """Ids of the images the planner sees: the question's images first, then the newest ones."""
+    ids = [m.id for m in state.media if m.kind == "image"]
+    if len(ids) <= max_images:
+        return ids
+    originals = [m.id for m in state.media if m.kind == "image" and m.parent is None]
+    keep = originals[: max(1, max_images // 2)]
+    rest = [i for i in ids if i not in keep]
+    return keep + rest[len(rest) - (max_images - len(keep)) :]
+
+
+def _history(state: PlannerState, level: int) -> list[dict[str, Any]]:
+    turns = []
+    for turn in state.history:
+        evidence = turn.get("evidence", [])
+        turns.append(
+            {
+                "question": str(turn.get("question", "")),
+                "answer": str(turn.get("answer", "")),
+                "evidence": [str(e) for e in evidence] if level < MAX_LEVEL else [],
+            }
+        )
+    return turns
+
+
+def _observation(step: ToolStep, level: int, recent: bool, options: PromptOptions) -> str:
+    text = step.observation
+    if level >= 2 and (not recent or level >= MAX_LEVEL):
+        ids = list(dict.fromkeys(_ID_RE.findall(text)))
+        text = "[shortened to fit the context]" + (f" ids: {', '.join(ids)}" if ids else "")
+    elif level >= 1 and not recent and len(text) > options.clip_chars:
+        text = text[: options.clip_chars].rstrip() + " …"
+    return render("observation.j2", kind="tool", call=step.call, tool=step.tool, text=text)
+
+
+def build_messages(state: PlannerState, options: PromptOptions | None = None, level: int = 0) -> list[Message]:
+    """The chat messages for ``state`` at truncation ``level`` (0 = nothing cut)."""
+    options = options or PromptOptions()
+    shown = shown_images(state, options.max_images)
+    examples = render("examples.j2") if options.examples and level < 3 else ""
+    system = render(
+        "system.j2",
+        tools=tool_specs(state.tools),
+        examples=examples,
+        media_ids=[m.id for m in state.media],
+    )
+    media = [
+        {
+            "id": m.id,
+            "kind": m.kind,
+            "width": m.width,
+            "height": m.height,
+            "timestamp": m.timestamp,
+            "parent": m.parent,
+            "shown": m.id in shown,
+        }
+        for m in state.media
+    ]
+    notes = [s.message for s in state.steps if isinstance(s, NoteStep)]
+    user = render("user.j2", history=_history(state, level), media=media, notes=notes, question=state.question)
+    messages: list[Message] = [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [*({"type": "image", "id": i} for i in shown), {"type": "text", "text": user}]},
+    ]
+    tool_steps = [s for s in state.steps if isinstance(s, ToolStep)]
+    recent_calls = {s.call for s in tool_steps[-options.keep_recent :]} if options.keep_recent else set()
+    for step in state.steps:
+        if isinstance(step, PlannerStep):
+            _append(messages, "assistant", action_json(step.action))
+        elif isinstance(step, ToolStep):
+            _append(messages, "user", _observation(step, level, step.call in recent_calls, options))
+        elif isinstance(step, ErrorStep):
+            text = step.message
+            if level >= 2 and len(text) > options.clip_chars:
+                text = text[: options.clip_chars].rstrip() + " …"
+            _append(messages, "user", render("observation.j2", kind="error", call=0, tool=step.tool or "", text=text))
+    return messages
+
+
+def _append(messages: list[Message], role: str, text: str) -> None:
+    last = messages[-1]
+    if last["role"] == role:
+        parts = last["content"]
+        if parts and parts[-1]["type"] == "text":
+            parts[-1] = {"type": "text", "text": parts[-1]["text"] + "\n" + text}
+        else:
+            parts.append({"type": "text", "text": text})
+    else:
+        messages.append({"role": role, "content": [{"type": "text", "text": text}]})
+
+
+def fit_messages(
+    state: PlannerState,
+    count_tokens: Callable[[list[Message]], int],
+    budget: int,
+    options: PromptOptions | None = None,
+) -> tuple[list[Message], int, int]:
+    """The least-truncated messages whose ``count_tokens`` fits ``budget``: (messages, level, tokens).
+
+    ``RunError`` when even level 4 does not fit (the question and images alone are too long).
+    """
+    tokens = 0
+    for level in range(MAX_LEVEL + 1):
+        messages = build_messages(state, options, level)
+        tokens = count_tokens(messages)
+        if tokens <= budget:
+            return messages, level, tokens
+    raise RunError(
+        f"the planner prompt needs {tokens} tokens even with observations shortened, over the budget of "
+        f"{budget} (the model's context minus max_new_tokens); use fewer images or a larger-context model"
+    )
+
+
+def text_only(messages: Sequence[Message]) -> str:
+    """The messages as plain text (for snapshots and token estimates)."""
+    lines = []
+    for m in messages:
+        body = "".join("<image>\n" if p["type"] == "image" else p["text"] for p in m["content"])
+        lines.append(f"[{m['role']}]\n{body}")
+    return "\n".join(lines)

@@ -1,0 +1,427 @@
+"""Replay a recorded trace without models.
+
+``replay(trace_path)`` re-runs the agent loop over a recorded trace: the planner's decisions come
+from the trace's planner steps, and every tool call is answered with the recorded output, rebuilt
+as the tool's typed Output (``ToolClass.Output.model_validate(step.output)``) by replay tools that
+carry the registered tools' schemas. No model is loaded. The replayed steps are compared with the
+recorded ones (types, actions and arguments, observations, errors, final answer and evidence);
+the first difference is reported as the divergence.
+
+``replay(trace_path, planner=...)`` re-plans with another planner: tool calls whose tool and
+arguments match a recorded call are served from the recording (region ids renumbered to the new
+call), other calls run the real tool (loading its model).
+
+The media are re-loaded from ``meta.media`` sources (``sample:NAME`` or file paths) and checked
+against their recorded sha256. Images a tool produced during the run (video frames) are not
+re-created: a new call that needs their pixels gets a tool error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import logging
+import re
+import threading
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError
+
+from agent.config import Config, load_config
+from agent.errors import PlannerOutputError, RunError, ToolError, UsageError
+from agent.media import MediaStore
+from agent.planners.base import PlannerState
+from agent.render import iter_regions
+from agent.trace import read_trace
+from agent.types import (
+    Answer,
+    ErrorStep,
+    FinalStep,
+    MediaInfo,
+    PlannerReply,
+    PlannerStep,
+    Step,
+    ToolStep,
+    Trace,
+)
+from tools.base import Region, Tool, ToolInput, ToolOutput
+
+log = logging.getLogger(__name__)
+
+_REGION_ID = re.compile(r"^(det|mask|ocr)_(\d+)_(\d+)$")
+_UNLOADABLE = ("pil", "array", "bytes")
+
+
+def canonical(args: Any) -> str:
+    return json.dumps(args, sort_keys=True, default=str)
+
+
+# -- media --------------------------------------------------------------------------------------
+def reload_media(infos: list[MediaInfo], config: Config, base: Path | None = None) -> list[str]:
+    """Sources to pass to the run, checked against the recorded sha256 (``UsageError`` if changed).
+
+    Only the run's inputs are re-loaded (frames a tool produced carry a ``parent``).
+    """
+    limits = config.limits
+    check = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
+    sources: list[str] = []
+    for info in infos:
+        if info.parent:
+            continue
+        if info.source in _UNLOADABLE or info.source.startswith(("http://", "https://")):
+            raise UsageError(
+                f"cannot re-load {info.id}: its source was {info.source!r} (replay needs file paths or sample:NAME)"
+            )
+        source = info.source
+        if not source.startswith("sample:") and base is not None and not Path(source).is_absolute() and not Path(source).exists():
+            source = str(base / source)
+        media_id = check.add(source)
+        got = check.info(media_id).sha256
+        if info.sha256 and got != info.sha256:
+            raise UsageError(
+                f"{info.id} ({info.source}) has changed since the run: sha256 {got[:12]}... != recorded {info.sha256[:12]}..."
+            )
+        sources.append(source)
+    return sources
+
+
+# -- planner ------------------------------------------------------------------------------------
+class RecordedPlanner:
+    """Replays the planner events of a trace in order: decisions, planner errors, run errors."""
+
+    name = "replay"
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.events: list[Step] = [
+            s
+            for s in steps
+            if isinstance(s, PlannerStep) or (isinstance(s, ErrorStep) and s.source in ("planner", "run"))
+        ]
+        self.pos = 0
+
+    def next(self, state: PlannerState) -> PlannerReply:
+        if self.pos >= len(self.events):
+            raise RunError(f"the recorded trace has no more planner steps (after {len(self.events)})")
+        event = self.events[self.pos]
+        self.pos += 1
+        if isinstance(event, PlannerStep):
+            return PlannerReply(decision=event.action, raw=event.raw, tokens=event.tokens)
+        assert isinstance(event, ErrorStep)
+        if event.source == "run":
+            raise RunError(event.message)
+        raw = (event.args or {}).get("raw", "")
+        raise PlannerOutputError(event.message, raw=raw)
+
+
+# -- tools --------------------------------------------------------------------------------------
+class RecordedOutput(ToolOutput):
+    """Output of a tool the registry does not know: the recorded dict, regions rebuilt."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def observation(self) -> str:
+        return str((self.__pydantic_extra__ or {}).get("__observation__", ""))
+
+    def regions(self) -> list[Region]:
+        data = {k: v for k, v in (self.__pydantic_extra__ or {}).items() if k != "__observation__"}
+        return [Region.model_validate({k: r[k] for k in ("id", "image", "box", "score", "label") if k in r}) for r in iter_regions(data)]
+
+
+class AnyInput(ToolInput):
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass
+class Recording:
+    """Recorded tool calls, served in order per (tool, arguments)."""
+
+    steps: list[Step]
+    calls: dict[str, deque[Step]] = field(default_factory=lambda: defaultdict(deque))
+    served: int = 0
+    ran: int = 0
+    renumber: bool = False
+    old_of_new: dict[str, str] = field(default_factory=dict)  # region id now -> id in the recording
+    current_args: dict[str, Any] = field(default_factory=dict)  # the planner's raw arguments of this call
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        for s in self.steps:
+            if isinstance(s, ToolStep) or (isinstance(s, ErrorStep) and s.source in ("tool", "timeout") and s.tool):
+                self.calls[self.key(s.tool or "", s.args or {})].append(s)
+
+    @staticmethod
+    def key(tool: str, args: dict[str, Any]) -> str:
+        return tool + canonical(args)
+
+    def to_recorded_ids(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.old_of_new.get(value, value)
+        if isinstance(value, list):
+            return [self.to_recorded_ids(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.to_recorded_ids(v) for k, v in value.items()}
+        return value
+
+    def take(self, tool: str, args: dict[str, Any]) -> Step | None:
+        with self.lock:
+            queue = self.calls.get(self.key(tool, self.to_recorded_ids(args)))
+            if not queue:
+                return None
+            return queue.popleft()
+
+
+def _renumber(output: dict[str, Any], old_call: int, new_call: int, mapping: dict[str, str]) -> dict[str, Any]:
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            m = _REGION_ID.match(v)
+            if m and int(m.group(2)) == old_call:
+                new = f"{m.group(1)}_{new_call}_{m.group(3)}"
+                mapping[new] = v
+                return new
+            return v
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+
+    return walk(output)
+
+
+def replay_tool(name: str, recording: Recording, real: type[Tool] | None, run_missing: bool) -> Tool:
+    """A tool named ``name`` with ``real``'s schemas that serves recorded outputs.
+
+    Calls without a recording run ``real`` when ``run_missing`` (re-planning), else fail.
+    """
+    real_inst = real() if (real is not None and run_missing) else None
+    output_cls: type[ToolOutput] = real.Output if real is not None else RecordedOutput
+
+    def run(self: Tool, inp: ToolInput, ctx: Any) -> ToolOutput:
+        step = recording.take(name, recording.current_args)
+        if step is None:
+            if real_inst is None:
+                raise ToolError(f"no recorded output for {name} with these arguments (replay runs no models)")
+            recording.ran += 1
+            return real_inst.run(inp, ctx)
+        recording.served += 1
+        if isinstance(step, ErrorStep):
+            if step.source == "timeout":
+                raise futures.TimeoutError()
+            prefix = f"{name}: "
+            msg = step.message[len(prefix) :] if step.message.startswith(prefix) else step.message
+            raise ToolError(msg)
+        assert isinstance(step, ToolStep)
+        data = step.output
+        if recording.renumber and step.call != ctx.call:
+            data = _renumber(data, step.call, ctx.call, recording.old_of_new)
+        ctx.models.extend(m for m in step.models if m not in ctx.models)
+        ctx.cache.update(step.cache)
+        if real is None:
+            return RecordedOutput.model_validate({**data, "__observation__": step.observation})
+        try:
+            return output_cls.model_validate(data)
+        except ValidationError as exc:
+            raise ToolError(f"the recorded output no longer fits {name}'s Output: {exc.errors()[0]['msg']}") from None
+
+    attrs: dict[str, Any] = {
+        "name": name,
+        "description": (real.description if real is not None else f"Recorded outputs of {name}."),
+        "Input": real.Input if real is not None else AnyInput,
+        "Output": output_cls,
+        "families": real.families if real is not None else (),
+        "run": run,
+        "__module__": __name__,
+    }
+    cls = type(f"Replay_{name}", (Tool,), attrs)
+    return cls()
+
+
+class _Watch:
+    """Wraps a planner and notes the raw arguments of each action, to match recorded calls."""
+
+    def __init__(self, planner: Any, recording: Recording) -> None:
+        self.planner = planner
+        self.recording = recording
+        self.name = getattr(planner, "name", type(planner).__name__)
+
+    def next(self, state: PlannerState) -> PlannerReply:
+        reply = self.planner.next(state)
+        decision = reply.decision
+        self.recording.current_args = dict(decision.args) if decision.kind == "action" else {}
+        return reply
+
+
+# -- comparing ----------------------------------------------------------------------------------
+def step_signature(step: Step) -> dict[str, Any]:
+    """What must match between a recorded and a replayed step."""
+    if isinstance(step, PlannerStep):
+        act = step.action
+        if act.kind == "final":
+            return {"type": "planner", "final": act.answer, "evidence": act.evidence}
+        return {"type": "planner", "tool": act.tool, "args": act.args}
+    if isinstance(step, ToolStep):
+        return {"type": "tool", "tool": step.tool, "args": step.args, "observation": step.observation}
+    if isinstance(step, ErrorStep):
+        return {"type": "error", "source": step.source, "tool": step.tool}
+    if isinstance(step, FinalStep):
+        return {"type": "final", "answer": step.answer, "evidence": step.evidence}
+    return {"type": step.type, "message": getattr(step, "message", "")}
+
+
+def first_divergence(recorded: list[Step], replayed: list[Step]) -> dict[str, Any] | None:
+    """``{"step", "expected", "got"}`` at the first differing step, or None."""
+    for i in range(max(len(recorded), len(replayed))):
+        a = step_signature(recorded[i]) if i < len(recorded) else None
+        b = step_signature(replayed[i]) if i < len(replayed) else None
+        if a != b:
+            return {"step": i, "expected": a, "got": b}
+    return None
+
+
+@dataclass
+class ReplayResult:
+    """Outcome of a replay. ``same``: the replay reached the recorded answer (and steps, without re-planning)."""
+
+    same: bool
+    answer: Answer
+    recorded: dict[str, Any] | None
+    divergence: dict[str, Any] | None
+    served: int
+    ran: int
+    replanned: bool
+    trace_path: str
+    models_loaded: int = 0
+    media: Any = None  # the replayed run's MediaStore
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "same": self.same,
+            "trace": self.trace_path,
+            "replanned": self.replanned,
+            "answer": self.answer.answer,
+            "status": self.answer.status,
+            "evidence": [e.id for e in self.answer.evidence],
+            "recorded_answer": (self.recorded or {}).get("answer"),
+            "recorded_status": (self.recorded or {}).get("status"),
+            "recorded_evidence": [e.get("id") for e in (self.recorded or {}).get("evidence", [])],
+            "divergence": self.divergence,
+            "served": self.served,
+            "ran": self.ran,
+            "models_loaded": self.models_loaded,
+            "steps": len(self.answer.trace.steps),
+        }
+
+
+def replay(
+    trace_path: str | Path,
+    *,
+    planner: Any = None,
+    config: Config | None = None,
+    tools: list[type[Tool]] | None = None,
+    pool: Any = None,
+) -> ReplayResult:
+    """Replay ``trace_path`` (see the module docstring).
+
+    ``config``: defaults to the recorded configuration (limits, thresholds, checkpoints).
+    ``tools``: tool classes whose schemas (and, when re-planning, code) serve the replay, on top
+    of the registered tools. ``planner``: None to replay the recorded decisions, or a planner /
+    planner spec (``llava``, ``script:PLAN.yaml``) to re-plan.
+    """
+    from agent.agent import Agent
+    from agent.planners import make_planner
+    from agent.pool import ModelPool
+    from agent.registry import load_builtin_tools
+
+    path = Path(trace_path)
+    trace, record = read_trace(path)
+    if config is None:
+        try:
+            config = Config.model_validate(trace.meta.config) if trace.meta.config else load_config()
+        except ValidationError as exc:
+            raise UsageError(f"{path}: the recorded configuration is invalid: {exc.errors()[0]['msg']}") from None
+    sources = reload_media(trace.meta.media, config, base=Path.cwd())
+    classes: dict[str, type[Tool]] = dict(load_builtin_tools())
+    for t in tools or []:
+        classes[t.name] = t
+    replanning = planner is not None
+    recording = Recording(trace.steps, renumber=replanning)
+    names = list(dict.fromkeys([*classes, *(s.tool for s in trace.tool_steps())]))
+    replay_tools = [replay_tool(n, recording, classes.get(n), run_missing=replanning) for n in names]
+    pool = pool or ModelPool(config.pool.budget_bytes)
+    if replanning:
+        chosen = make_planner(planner, config)
+        fork = getattr(chosen, "fork", None)
+        chosen = fork() if callable(fork) else chosen
+    else:
+        chosen = RecordedPlanner(trace.steps)
+    agent = Agent(config, planner=_Watch(chosen, recording), tools=replay_tools, pool=pool)
+    question = trace.meta.question or (trace.meta.turns[-1] if trace.meta.turns else "")
+    if not question:
+        raise UsageError(f"{path}: the trace records no question")
+    history = [{"question": q} for q in trace.meta.turns[:-1]]
+    run = agent.stream(question, sources, max_steps=_max_steps(trace, config), history=history or None)
+    try:
+        answer = run.result()
+    except RunError as exc:  # pragma: no cover - the loop turns run errors into answers
+        answer = Answer(answer="", status="failed", error=str(exc), trace=run.trace)
+    if answer.trace.steps is not run.trace.steps:
+        answer.trace = run.trace
+    recorded_steps = list(trace.steps)
+    divergence = None
+    if replanning:
+        got = _answer_sig_answer(answer)
+        got["evidence"] = [recording.old_of_new.get(e, e) for e in got["evidence"]]  # in the recording's ids
+        same = got == _answer_sig(record) if record is not None else answer.status != "failed"
+        if not same:
+            divergence = {"step": None, "expected": _answer_sig(record), "got": got}
+    else:
+        replayed = list(answer.trace.steps)
+        if record is None:  # interrupted run: the replay must reproduce every recorded step
+            divergence = first_divergence(recorded_steps, replayed[: len(recorded_steps)])
+            same = divergence is None
+        else:
+            divergence = first_divergence(recorded_steps, replayed)
+            same = divergence is None and _same_answer(answer, record)
+            if divergence is None and not same:
+                divergence = {"step": None, "expected": _answer_sig(record), "got": _answer_sig_answer(answer)}
+    loaded = len(pool.stats()["models"]) if hasattr(pool, "stats") else 0
+    return ReplayResult(
+        same=same,
+        answer=answer,
+        recorded=record,
+        divergence=divergence,
+        served=recording.served,
+        ran=recording.ran,
+        replanned=replanning,
+        trace_path=str(path),
+        models_loaded=loaded,
+        media=run.media,
+    )
+
+
+def _max_steps(trace: Trace, config: Config) -> int:
+    n_decisions = sum(1 for s in trace.steps if isinstance(s, PlannerStep) or (isinstance(s, ErrorStep) and s.source == "planner"))
+    return max(config.limits.max_steps, 1) if n_decisions <= config.limits.max_steps else n_decisions
+
+
+def _answer_sig(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "answer": record.get("answer", ""),
+        "status": record.get("status", "answered"),
+        "evidence": [e.get("id") for e in record.get("evidence", [])],
+    }
+
+
+def _answer_sig_answer(answer: Answer) -> dict[str, Any]:
+    return {"answer": answer.answer, "status": answer.status, "evidence": [e.id for e in answer.evidence]}
+
+
+def _same_answer(answer: Answer, record: dict[str, Any] | None) -> bool:
+    if record is None:
+        return answer.status != "failed"
+    return _answer_sig(record) == _answer_sig_answer(answer)

@@ -1,0 +1,705 @@
+"""The HTTP server: ``create_app(agent, settings)`` -> a FastAPI app serving one ``Agent``.
+
+Endpoints (JSON unless said otherwise; errors are ``{"detail": "<one line>"}``):
+
+- ``POST /v1/ask``: multipart form (``files``: one or more image/video files, ``question``,
+  optional ``max_steps``) or JSON ``{"question", "media": [{"data": BASE64, "filename"?} |
+  {"path": SERVER_PATH} | {"sample": NAME}], "max_steps"?, "include_trace"?}`` -> the ``Answer``
+  (``status`` says answered / max_steps / failed).
+- ``POST /v1/ask/stream``: same body -> ``text/event-stream``: one ``event: step`` per step (data:
+  the step JSON), then ``event: answer`` (data: the Answer JSON), or ``event: error``.
+- ``GET /v1/tools``: the tool specs; ``GET /v1/models``: configured checkpoints and the pool's
+  resident models; ``GET /healthz`` (no auth): liveness and load; ``GET /openapi.json``.
+
+Security and limits (``ServerSettings``; config section ``server:`` plus ``visagent serve`` flags):
+bearer token on every ``/v1`` route (401 without), request body size (413), pixels per image
+(413), ``max_steps`` cap (400), per-request timeout (504), at most ``max_concurrency`` runs at once
+with ``max_queue`` more waiting (429 beyond), server-side paths only inside ``allowed_roots``
+(403), bad media 400 with the one-line reason. Responses never carry stack traces.
+
+All requests share the agent's ModelPool: one copy of each model, one call at a time per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures as futures
+import hmac
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agent.agent import Agent
+    from agent.types import Answer
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ServerSettings(BaseModel):
+    """Server settings (config section ``server:``; every key optional).
+
+    - ``token``: bearer token required on ``/v1`` routes (None: no auth; env ``VISAGENT_TOKEN``).
+    - ``allowed_roots``: folders whose files JSON requests may name by server-side path.
+    - ``max_request_bytes``: largest request body (413 beyond).
+    - ``max_files``: most files in one multipart request.
+    - ``max_pixels``: most pixels per image (413 beyond); None: the agent's ``limits.max_pixels``.
+    - ``max_steps``: the largest ``max_steps`` a request may ask for; None: ``limits.max_steps``.
+    - ``timeout_s``: wall time per request (504 beyond; the run stops at its next step).
+    - ``max_concurrency``: runs at once; ``max_queue``: requests waiting for a slot (429 beyond).
+    - ``include_trace``: whether answers carry the full trace by default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    token: str | None = None
+    allowed_roots: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_files: int = Field(8, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    max_concurrency: int = Field(2, ge=1)
+    max_queue: int = Field(16, ge=0)
+    include_trace: bool = True
+
+
+def load_settings(config: Any = None, environ: dict[str, str] | None = None, **flags: Any) -> ServerSettings:
+    """Settings from ``config.server`` (a dict), then env ``VISAGENT_TOKEN``, then non-None ``flags``."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = dict(getattr(config, "server", None) or {})
+    if env.get("VISAGENT_TOKEN"):
+        data["token"] = env["VISAGENT_TOKEN"]
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return ServerSettings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"invalid server setting server.{loc}: {err['msg']}") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- request bodies -------------------------------------------------------------------------
+class MediaItem(BaseModel):
+    """One media input: exactly one of ``data`` (base64 bytes of an image or video file, a
+    ``data:...;base64,`` prefix allowed), ``path`` (a file on the server, inside the allowed
+    roots) or ``sample`` (a bundled sample image name, e.g. ``coffee``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str | None = None
+    filename: str | None = Field(None, max_length=255)
+    path: str | None = None
+    sample: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MediaItem":
+        given = [k for k in ("data", "path", "sample") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of data, path or sample")
+        return self
+
+
+class AskRequest(BaseModel):
+    """JSON body of ``/v1/ask`` and ``/v1/ask/stream``. Media become img_0.. / vid_0.. in order."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, max_length=4000)
+    media: list[MediaItem] = Field(min_length=1)
+    max_steps: int | None = Field(None, ge=1)
+    include_trace: bool | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class Problem(Exception):
+    """An HTTP error with a one-line reason."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail.splitlines()[0] if detail else "error"
+        self.headers = headers
+
+
+def _one_line_validation(exc: ValidationError | Any) -> str:
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    parts = []
+    for err in list(errors)[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + ("; ".join(parts) or str(exc).splitlines()[0])
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe_name(name: str | None, index: int) -> str:
+    base = _SAFE_NAME.sub("_", Path(name or "").name)[:80].strip("._") or "upload"
+    return f"{index}_{base}"
+
+
+# -- concurrency ------------------------------------------------------------------------------
+class Gate:
+    """At most ``limit`` holders; at most ``queue`` waiting; anyone beyond is refused (429)."""
+
+    def __init__(self, limit: int, queue: int) -> None:
+        self.limit = limit
+        self.queue = queue
+        self.active = 0
+        self.waiting = 0
+        self._sem = asyncio.Semaphore(limit)
+        self.served = 0
+        self.refused = 0
+
+    async def enter(self) -> None:
+        if self.active + self.waiting >= self.limit + self.queue:
+            self.refused += 1
+            raise Problem(
+                429,
+                f"server busy: {self.active} runs in progress and {self.waiting} waiting (limit {self.limit} + queue {self.queue}); retry later",
+                {"Retry-After": "1"},
+            )
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        self.served += 1
+        self._sem.release()
+
+
+# -- body size --------------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = None
+        if declared is not None and declared > self.limit:
+            await self._refuse(send)
+            return
+        if declared is not None:
+            await self.app(scope, receive, send)
+            return
+        # no declared length (chunked): read it here, up to the limit
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay_receive() -> dict[str, Any]:
+            if replay:
+                return replay.pop()
+            return await receive()
+
+        await self.app(scope, replay_receive, send)
+
+    async def _refuse(self, send: Callable[..., Any]) -> None:
+        body = json.dumps({"detail": f"request body is over the limit of {self.limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+# -- the app ----------------------------------------------------------------------------------
+class _Server:
+    """What the routes share: the agent, settings, gate and worker threads."""
+
+    def __init__(self, agent: "Agent", settings: ServerSettings) -> None:
+        self.agent = agent
+        self.settings = settings
+        self.roots = [Path(r).expanduser().resolve() for r in settings.allowed_roots]
+        self.max_pixels = settings.max_pixels or agent.config.limits.max_pixels
+        self.max_steps = settings.max_steps or agent.config.limits.max_steps
+        self.executor = futures.ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="visagent-http")
+        self.gate: Gate | None = None
+        self.started = time.time()
+
+    def get_gate(self) -> Gate:
+        if self.gate is None:  # created on the server's event loop
+            self.gate = Gate(self.settings.max_concurrency, self.settings.max_queue)
+        return self.gate
+
+    # -- auth ---------------------------------------------------------------------------------
+    def check_token(self, authorization: str | None) -> None:
+        token = self.settings.token
+        if not token:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Problem(401, "missing or wrong bearer token (send 'Authorization: Bearer TOKEN')", {"WWW-Authenticate": "Bearer"})
+
+    # -- inputs -------------------------------------------------------------------------------
+    def check_path(self, raw: str) -> str:
+        if not self.roots:
+            raise Problem(403, "server-side paths are off (no server.allowed_roots configured)")
+        try:
+            path = Path(raw).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            raise Problem(400, f"bad path: {raw!r}") from None
+        if not any(path == root or path.is_relative_to(root) for root in self.roots):
+            raise Problem(403, f"path outside the allowed roots: {raw}")
+        return str(path)
+
+    def check_pixels(self, path: Path, label: str) -> None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return  # a video, or not an image: the media store gives the precise reason
+        if w * h > self.max_pixels:
+            raise Problem(413, f"{label}: image has {w}x{h} = {w * h / 1e6:.1f} MP, over the server limit of {self.max_pixels / 1e6:.1f} MP")
+
+    def check_steps(self, max_steps: int | None) -> int | None:
+        if max_steps is not None and not 1 <= max_steps <= self.max_steps:
+            raise Problem(400, f"max_steps must be between 1 and {self.max_steps}, got {max_steps}")
+        return max_steps
+
+    async def parse(self, request: Any, tmp: Path) -> tuple[str, list[str], int | None, bool]:
+        """(question, media sources, max_steps, include_trace) from a multipart or JSON body."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        include_trace = self.settings.include_trace
+        if ctype == "multipart/form-data":
+            form = await request.form(max_files=self.settings.max_files, max_fields=16, max_part_size=self.settings.max_request_bytes)
+            question = form.get("question")
+            if not isinstance(question, str) or not question.strip():
+                raise Problem(400, "the form needs a non-empty 'question' field")
+            raw_steps = form.get("max_steps")
+            max_steps = None
+            if raw_steps not in (None, ""):
+                try:
+                    max_steps = int(str(raw_steps))
+                except ValueError:
+                    raise Problem(400, f"max_steps must be an integer, got {str(raw_steps)[:40]!r}") from None
+            raw_trace = form.get("include_trace")
+            if isinstance(raw_trace, str) and raw_trace:
+                include_trace = raw_trace.lower() in ("1", "true", "yes", "on")
+            files = [f for f in form.getlist("files") if not isinstance(f, str)]
+            if not files:
+                raise Problem(400, "the form needs at least one file in 'files'")
+            sources = []
+            for i, upload in enumerate(files):
+                path = tmp / _safe_name(upload.filename, i)
+                with open(path, "wb") as fh:
+                    await asyncio.to_thread(shutil.copyfileobj, upload.file, fh)
+                self.check_pixels(path, upload.filename or f"files[{i}]")
+                sources.append(str(path))
+            await form.close()
+            return question, sources, self.check_steps(max_steps), include_trace
+        if ctype == "application/json":
+            try:
+                body = AskRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise Problem(422, _one_line_validation(exc)) from None
+            if body.include_trace is not None:
+                include_trace = body.include_trace
+            sources = []
+            for i, item in enumerate(body.media):
+                if item.sample is not None:
+                    sources.append(f"sample:{item.sample}")
+                elif item.path is not None:
+                    path = self.check_path(item.path)
+                    if Path(path).is_file():
+                        self.check_pixels(Path(path), f"media[{i}]")
+                    sources.append(path)
+                else:
+                    data = item.data or ""
+                    if data.startswith("data:") and "," in data:
+                        data = data.split(",", 1)[1]
+                    try:
+                        raw = base64.b64decode(data, validate=True)
+                    except (binascii.Error, ValueError):
+                        raise Problem(400, f"media[{i}].data is not valid base64") from None
+                    if not raw:
+                        raise Problem(400, f"media[{i}].data is empty")
+                    path = tmp / _safe_name(item.filename, i)
+                    path.write_bytes(raw)
+                    self.check_pixels(path, item.filename or f"media[{i}]")
+                    sources.append(str(path))
+            return body.question, sources, self.check_steps(body.max_steps), include_trace
+        raise Problem(415, f"unsupported content type {ctype or 'none'!r}: send multipart/form-data or application/json")
+
+    # -- running ------------------------------------------------------------------------------
+    def run_sync(
+        self, question: str, sources: list[str], max_steps: int | None, stop: threading.Event, on_step: Callable[[Any], None] | None = None
+    ) -> "Answer":
+        run = self.agent.stream(question, sources, max_steps=max_steps)  # validates the media
+        if on_step is not None:
+            on_step(_STARTED)
+        steps = iter(run)
+        try:
+            for step in steps:
+                if on_step is not None:
+                    on_step(step)
+                if stop.is_set():
+                    break
+        finally:
+            steps.close()  # type: ignore[attr-defined]
+        assert run.answer is not None
+        return run.answer
+
+    async def start(
+        self, question: str, sources: list[str], max_steps: int | None, tmp: Path, stop: threading.Event, on_step: Callable[[Any], None] | None = None
+    ) -> "asyncio.Future[Answer]":
+        """Wait for a slot (429 if the queue is full) and start the run in a worker thread.
+
+        The slot and the request's temporary folder are released when the worker ends, even
+        if the client has gone or the request timed out.
+        """
+        gate = self.get_gate()
+        await gate.enter()
+        loop = asyncio.get_running_loop()
+        try:
+            fut = loop.run_in_executor(self.executor, self.run_sync, question, sources, max_steps, stop, on_step)
+        except BaseException:
+            gate.leave()
+            raise
+
+        def done(_: Any) -> None:
+            gate.leave()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        fut.add_done_callback(done)
+        return fut
+
+
+def _answer_json(answer: "Answer", include_trace: bool) -> dict[str, Any]:
+    data = answer.model_dump(mode="json")
+    if not include_trace:
+        data["trace"] = {"meta": data["trace"]["meta"], "steps": []}
+    return data
+
+
+def _error_for(exc: BaseException) -> Problem:
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, UsageError):
+        return Problem(400, str(exc) or type(exc).__name__)
+    log.error("request failed", exc_info=exc)
+    return Problem(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None = None) -> FastAPI:
+    """The FastAPI app serving ``agent`` under ``settings`` (a ServerSettings, a dict, or None:
+    the agent config's ``server:`` section)."""
+    from contextlib import asynccontextmanager
+
+    from agent.types import Answer
+
+    if settings is None:
+        settings = load_settings(agent.config, environ={})
+    elif isinstance(settings, dict):
+        settings = load_settings(None, environ={}, **settings)
+    srv = _Server(agent, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        srv.get_gate()
+        yield
+        srv.executor.shutdown(wait=False, cancel_futures=True)
+
+    try:
+        from importlib.metadata import version
+
+        app_version = version("visagent")
+    except Exception:  # noqa: BLE001
+        app_version = "0"
+    app = FastAPI(
+        title="visagent",
+        version=app_version,
+        description="Ask questions about images and videos; get answers grounded in boxes, masks and text.",
+        lifespan=lifespan,
+    )
+    app.state.visagent = srv
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return JSONResponse({"detail": detail.splitlines()[0] if detail else "error"}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line_validation(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        problem = _error_for(exc)
+        return JSONResponse({"detail": problem.detail}, status_code=problem.status)
+
+    bearer = HTTPBearer(auto_error=False, description="the server's token (--token or VISAGENT_TOKEN)")
+
+    def auth(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        srv.check_token(request.headers.get("authorization"))
+
+    errors = {
+        code: {"model": ErrorBody, "description": text}
+        for code, text in (
+            (400, "bad input (one-line reason)"),
+            (401, "missing or wrong bearer token"),
+            (403, "server-side path outside the allowed roots"),
+            (413, "request body or image over the limits"),
+            (415, "unsupported content type"),
+            (422, "invalid request body"),
+            (429, "too many requests in flight"),
+            (504, "the run took longer than the per-request timeout"),
+        )
+    }
+    multipart_schema = {
+        "type": "object",
+        "required": ["files", "question"],
+        "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
+            "question": {"type": "string", "minLength": 1},
+            "max_steps": {"type": "integer", "minimum": 1},
+            "include_trace": {"type": "boolean"},
+        },
+    }
+    ask_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/AskRequest"}},
+                "multipart/form-data": {"schema": multipart_schema},
+            },
+        }
+    }
+
+    async def _prepared(request: Request) -> tuple[str, list[str], int | None, bool, Path]:
+        tmp = Path(tempfile.mkdtemp(prefix="visagent-http-"))
+        try:
+            question, sources, max_steps, include_trace = await srv.parse(request, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return question, sources, max_steps, include_trace, tmp
+
+    @app.post(
+        "/v1/ask",
+        dependencies=[Depends(auth)],
+        responses={200: {"model": Answer, "description": "the answer (see its status)"}, **errors},
+        openapi_extra=ask_body,
+        summary="Answer a question about uploaded, inline or server-side media",
+    )
+    async def ask(request: Request) -> JSONResponse:
+        question, sources, max_steps, include_trace, tmp = await _prepared(request)
+        stop = threading.Event()
+        try:
+            fut = await srv.start(question, sources, max_steps, tmp, stop)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(fut), settings.timeout_s)
+        except asyncio.TimeoutError:
+            stop.set()
+            raise Problem(504, f"the run took longer than {settings.timeout_s:g} s (server.timeout_s); it was stopped") from None
+        except asyncio.CancelledError:
+            stop.set()  # the client went away
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+            raise _error_for(exc) from None
+        return JSONResponse(_answer_json(answer, include_trace))
+
+    @app.post(
+        "/v1/ask/stream",
+        dependencies=[Depends(auth)],
+        responses={
+            200: {
+                "description": "server-sent events: `step` (a step JSON) per step, then `answer` (the Answer JSON) or `error` ({detail})",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors,
+        },
+        openapi_extra=ask_body,
+        response_class=StreamingResponse,
+        summary="Like /v1/ask, streaming each step as a server-sent event",
+    )
+    async def ask_stream(request: Request) -> StreamingResponse:
+        question, sources, max_steps, include_trace, tmp = await _prepared(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_step(step: Any) -> None:
+            item = step if step is _STARTED else step.model_dump_json()
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                stop.set()
+
+        try:
+            fut = await srv.start(question, sources, max_steps, tmp, stop, on_step)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        deadline = loop.time() + settings.timeout_s
+        # media problems are plain HTTP errors: wait until the run has accepted its media
+        try:
+            first = await asyncio.wait_for(queue.get(), settings.timeout_s)
+        except asyncio.TimeoutError:
+            stop.set()
+            raise Problem(504, f"the run took longer than {settings.timeout_s:g} s (server.timeout_s); it was stopped") from None
+        if first is None:
+            exc = fut.exception()
+            raise _error_for(exc) if exc is not None else Problem(500, "the run ended before it started")
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    remaining = deadline - loop.time()
+                    try:
+                        item = await asyncio.wait_for(queue.get(), max(remaining, 0.001))
+                    except asyncio.TimeoutError:
+                        stop.set()
+                        msg = f"the run took longer than {settings.timeout_s:g} s (server.timeout_s); it was stopped"
+                        yield _sse("error", json.dumps({"detail": msg}))
+                        return
+                    if item is None:
+                        break
+                    yield _sse("step", item)
+                exc = fut.exception()
+                if exc is not None:
+                    yield _sse("error", json.dumps({"detail": _error_for(exc).detail}))
+                else:
+                    yield _sse("answer", json.dumps(_answer_json(fut.result(), include_trace)))
+            finally:
+                stop.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/tools", dependencies=[Depends(auth)], responses=errors, summary="The tools' specs")
+    async def list_tools() -> list[dict[str, Any]]:
+        return [type(t).spec() for t in agent.tools.values()]
+
+    @app.get("/v1/models", dependencies=[Depends(auth)], responses=errors, summary="Configured checkpoints and resident models")
+    async def list_models() -> dict[str, Any]:
+        cfg = agent.config
+        return {
+            "profile": cfg.profile,
+            "planner": getattr(agent._planner, "name", None) or str(agent._planner_spec or cfg.planner.kind),
+            "checkpoints": {f: {"checkpoint": m.checkpoint, "backend": m.backend, "revision": m.revision} for f, m in cfg.models.items()},
+            "pool": agent.pool.stats(),
+        }
+
+    @app.get("/healthz", summary="Liveness and load (no auth)")
+    async def healthz() -> dict[str, Any]:
+        gate = srv.get_gate()
+        return {
+            "status": "ok",
+            "version": app_version,
+            "uptime_s": round(time.time() - srv.started, 3),
+            "active": gate.active,
+            "queued": gate.waiting,
+            "max_concurrency": gate.limit,
+            "max_queue": gate.queue,
+            "served": gate.served,
+            "refused": gate.refused,
+        }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            ask_schema = AskRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(ask_schema.pop("$defs", {}))
+            comps["AskRequest"] = ask_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+_STARTED = object()
+
+
+def _sse(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+def serve(agent: "Agent", settings: ServerSettings, log_level: str = "warning") -> None:
+    """Run the app with uvicorn until interrupted. Refuses a non-loopback host without a token."""
+    import uvicorn
+
+    if not is_loopback(settings.host) and not settings.token:
+        raise UsageError(
+            f"refusing to listen on {settings.host} without a token: pass --token (or set VISAGENT_TOKEN), or use --host 127.0.0.1"
+        )
+    app = create_app(agent, settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)

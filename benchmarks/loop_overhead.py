@@ -1,0 +1,99 @@
+"""Per-step framework overhead of the agent loop.
+
+A scripted run of N steps with a no-op tool, against a bare Python loop that validates and records
+the same steps (pydantic validation of the action and the tool input, the tool call, a step
+record). Both measured in this one run; prints ms/step for each and the overhead per step.
+
+    python benchmarks/loop_overhead.py [--repeats 30] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from agent.agent import Agent
+from agent.config import load_config
+from agent.planners import FunctionPlanner
+from agent.types import Action, Final, PlannerReply, ToolStep
+from tools.base import Tool, ToolInput, ToolOutput
+
+
+class NoopIn(ToolInput):
+    i: int = 0
+
+
+class NoopOut(ToolOutput):
+    i: int
+
+    def observation(self) -> str:
+        return "ok"
+
+
+class Noop(Tool):
+    name = "noop"
+    description = "Do nothing (benchmark)."
+    Input = NoopIn
+    Output = NoopOut
+
+    def run(self, inp: NoopIn, ctx: object) -> NoopOut:
+        return NoopOut(i=inp.i)
+
+
+def planner_for(n: int) -> FunctionPlanner:
+    replies = [PlannerReply(decision=Action(tool="noop", args={"i": i})) for i in range(n)]
+    replies.append(PlannerReply(decision=Final(answer="done", evidence=[])))
+    it = iter(replies)
+    return FunctionPlanner(lambda state: next(it))
+
+
+def agent_run(n: int, timeout: float | None) -> float:
+    cfg = load_config(profile="tiny", overrides={"limits": {"tool_timeout_s": timeout, "max_steps": n + 1}})
+    agent = Agent(cfg, planner=planner_for(n), tools=[Noop])
+    image = __import__("numpy").zeros((8, 8, 3), "uint8")
+    t0 = time.perf_counter()
+    ans = agent.ask("q", [image])
+    dt = time.perf_counter() - t0
+    assert ans.ok and len(ans.trace.tool_steps()) == n
+    return dt
+
+
+def bare_run(n: int) -> float:
+    """The same work without the framework: validate, call, record."""
+    replies = [PlannerReply(decision=Action(tool="noop", args={"i": i})) for i in range(n)]
+    tool = Noop()
+    t0 = time.perf_counter()
+    steps = []
+    for i, reply in enumerate(replies):
+        action = reply.decision
+        inp = Noop.Input.model_validate(action.args)
+        out = tool.run(inp, None)
+        steps.append(ToolStep(call=i + 1, tool=action.tool, args=action.args, observation=out.observation(), output=out.model_dump(mode="json")))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--json", dest="json_path")
+    args = ap.parse_args()
+    rows = []
+    for n in (10, 50):
+        for timeout, label in ((None, "inline tools"), (300.0, "tools with timeout (thread)")):
+            agent_run(n, timeout)  # warm up
+            a = statistics.median(agent_run(n, timeout) for _ in range(args.repeats)) / n * 1000
+            b = statistics.median(bare_run(n) for _ in range(args.repeats)) / n * 1000
+            rows.append({"steps": n, "mode": label, "agent_ms_per_step": a, "bare_ms_per_step": b, "overhead_ms_per_step": a - b, "ratio": a / b})
+    print(f"{'steps':>5}  {'mode':28s} {'agent ms/step':>13} {'bare ms/step':>12} {'overhead':>9} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['steps']:>5}  {r['mode']:28s} {r['agent_ms_per_step']:13.4f} {r['bare_ms_per_step']:12.4f} {r['overhead_ms_per_step']:9.4f} {r['ratio']:6.2f}")
+    print("(per-run fixed costs — media validation, trace metadata — are included and spread over the steps)")
+    if args.json_path:
+        with open(args.json_path, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Drawing grounded answers: sizes, cited regions drawn (pixels change inside the box), masks, sheets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent.errors import UsageError
+from agent.media import MediaStore
+from agent.render import (
+    CAPTION_H,
+    PAD,
+    TILE,
+    annotate,
+    contact_sheet,
+    decode_rle,
+    iter_regions,
+    region_label,
+    render_answer,
+    render_regions,
+)
+from tests.fakes import FAKE_TOOLS
+from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")}
+
+
+class FramesIn(ToolInput):
+    image: str
+    n: int = 3
+    threshold: Prob = 0.5
+
+
+class FramesOut(ToolOutput):
+    frames: list[str]
+    detections: list[Region]
+
+    def observation(self) -> str:
+        return f"{len(self.frames)} frames: {', '.join(self.frames)}"
+
+
+class FakeFrames(Tool):
+    """Makes n 'frames' (crops of the image, timestamps 0.5 s apart) and one box on the last."""
+
+    name = "fake_frames"
+    description = "Split an image into timed frames (fake video tool, for tests)."
+    Input = FramesIn
+    Output = FramesOut
+
+    def run(self, inp: FramesIn, ctx) -> FramesOut:  # noqa: ANN001
+        img = ctx.image(inp.image)
+        ids = [
+            ctx.add_image(img.rotate(10 * k), f"{inp.image}#frame{k}", timestamp=0.5 * k, parent="vid_0")
+            for k in range(inp.n)
+        ]
+        det = Region(id=ctx.region_id("det", 0), image=ids[-1], box=[20, 20, 120, 100], score=0.7, label="coin")
+        return FramesOut(frames=ids, detections=[det])
+
+
+def test_iter_regions_and_labels():
+    out = {"a": [{"id": "det_1_0", "image": "img_0", "box": [0, 0, 1, 1]}], "b": {"c": {"id": "x", "image": "i"}}}
+    assert [r["id"] for r in iter_regions(out)] == ["det_1_0"]
+    assert region_label({"id": "det_1_0", "label": "cat", "score": 0.876}) == "det_1_0 cat 0.88"
+    assert region_label({"id": "ocr_1_2", "text": "Hello", "score": 0.9}) == "ocr_1_2: 'Hello' 0.90"
+
+
+def test_annotate_draws_inside_the_box_only():
+    img = Image.new("RGB", (200, 160), (128, 128, 128))
+    drawn = np.asarray(annotate(img, [{"id": "det_1_0", "image": "img_0", "box": [40, 50, 150, 120], "score": 0.9, "label": "x"}]))
+    base = np.asarray(img)
+    changed = (drawn != base).any(axis=2)
+    assert changed[50:121, 40:151].any()  # the box outline and label
+    assert changed[50, 40:151].all()  # the top edge is drawn along the whole box
+    assert not changed[140:, :].any() and not changed[:, 170:].any()  # far from the box: untouched
+
+
+def test_masks_are_filled_translucent():
+    img = Image.new("RGB", (120, 100), (250, 250, 250))
+    mask = np.zeros((100, 120), bool)
+    mask[30:70, 40:90] = True
+    assert (decode_rle(_rle(mask), 100, 120) == mask).all()
+    drawn = np.asarray(annotate(img, [{"id": "mask_1_0", "image": "img_0", "box": [40, 30, 90, 70], "rle": _rle(mask)}]))
+    inner = drawn[40:60, 50:80].astype(int)
+    assert (np.abs(inner - 250).sum(axis=2) > 30).all()  # filled
+    assert inner.min() > 0  # translucent: blended, not an opaque black
+    assert (drawn[90:, :] == 250).all()  # below the mask: untouched
+
+
+def test_render_answer_single_image_keeps_its_size(make_agent, tmp_path):
+    plan = [{"tool": "fake_find", "args": {"image": "img_0", "label": "coin", "n": 1}}, {"final": "1 coin", "evidence": ["det_1_0"]}]
+    run = make_agent(plan, tools=FAKE_TOOLS).stream("how many coins?", ["sample:coins"])
+    answer = run.result()
+    out = tmp_path / "show.png"
+    render_answer(answer, run.media, out)
+    shown = Image.open(out).convert("RGB")
+    original = run.media.image("img_0")
+    assert shown.size == original.size == (384, 303)
+    x0, y0, x1, y1 = (int(v) for v in answer.evidence[0].region["box"])
+    diff = (np.asarray(shown).astype(int) - np.asarray(original).astype(int)) != 0
+    assert diff[y0 : y1 + 1, x0 : x1 + 1].any(axis=2).sum() > 2 * (x1 - x0)  # outline drawn in the box
+    assert not diff[y1 + 20 :, x1 + 20 :].any()  # outside the cited box nothing changes
+
+
+def test_real_segment_masks_render(make_agent, tmp_path):
+    plan = [
+        {"tool": "segment", "args": {"image": "img_0", "boxes": [[60, 40, 200, 180]]}},
+        {"final": "a mask", "evidence": ["mask_1_0"]},
+    ]
+    run = make_agent(plan).stream("segment", ["sample:coffee"])
+    answer = run.result()
+    assert answer.ok, answer.error
+    region = answer.evidence[0].region
+    mask = decode_rle(region["rle"], 400, 600)
+    out = tmp_path / "mask.png"
+    render_answer(answer, run.media, out)
+    shown = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    original = np.asarray(run.media.image("img_0")).astype(int)
+    if mask.any():
+        assert (shown[mask] != original[mask]).any(axis=1).mean() > 0.9  # the mask is filled
+    x0, y0, x1, y1 = (int(v) for v in region["box"])
+    assert (shown[y0 : y1 + 1, x0 : x1 + 1] != original[y0 : y1 + 1, x0 : x1 + 1]).any()
+
+
+def test_contact_sheet_for_frames_with_timestamps(make_agent, tmp_path):
+    plan = [{"tool": "fake_frames", "args": {"image": "img_0", "n": 3}}, {"final": "a coin", "evidence": ["det_1_0"]}]
+    run = make_agent(plan, tools=[FakeFrames]).stream("where?", ["sample:coins"])
+    answer = run.result()
+    out = tmp_path / "sheet.png"
+    render_answer(answer, run.media, out)
+    sheet = Image.open(out)
+    n = 4  # the input image and 3 frames
+    cols, rows = 2, 2
+    tile = min(TILE, 384)
+    assert sheet.size == (cols * (tile + PAD) + PAD, rows * (tile + CAPTION_H + PAD) + PAD)
+    assert len(run.media.ids("image")) == n
+    assert run.media.info("img_3").timestamp == 1.0
+    from agent.render import _caption
+
+    assert _caption(run.media.info("img_3")) == "img_3 @ 1.00 s of vid_0"
+    # the cited frame comes first in the sheet and carries the drawn box
+    first = np.asarray(sheet.crop((PAD, PAD, PAD + tile, PAD + tile)).convert("RGB")).astype(int)
+    frame = run.media.image("img_3").copy()
+    frame.thumbnail((tile, tile))
+    plain = np.zeros_like(first) + 255
+    off_y = (tile - frame.height) // 2
+    plain[off_y : off_y + frame.height, : frame.width] = np.asarray(frame)
+    assert (first != plain).any(axis=2).sum() > 100
+
+
+def test_contact_sheet_size_formula_and_empty():
+    tiles = [(Image.new("RGB", (50, 40)), f"t{k}") for k in range(5)]
+    sheet = contact_sheet(tiles, tile=64)
+    assert sheet.size == (3 * (50 + PAD) + PAD, 2 * (50 + CAPTION_H + PAD) + PAD)
+    with pytest.raises(UsageError, match="no images"):
+        contact_sheet([])
+
+
+def test_render_regions_without_images_is_a_clear_error():
+    with pytest.raises(UsageError, match="nothing to draw"):
+        render_regions(MediaStore(), [])

@@ -1,0 +1,227 @@
+"""Planner models: the ``planner`` family's loader and tiny LLaVA checkpoints.
+
+- Loader ``("planner", "transformers")``: ``AutoProcessor`` + ``AutoModelForImageTextToText`` from
+  the checkpoint, exactly as for ``llava-hf/llava-1.5-7b-hf``, ``llava-hf/llava-v1.6-mistral-7b-hf``
+  (LLaVA-NeXT) or ``llava-hf/llava-onevision-qwen2-7b-ov-hf``. The architecture comes from the
+  checkpoint's ``config.json`` (``model_type``); the bundle is a ``PlannerBundle``.
+- Tiny checkpoints (random weights, fixed seed, same architectures): ``tiny:llava``
+  (LlavaForConditionalGeneration: CLIP vision tower + Llama text model) and ``tiny:llava-next``
+  (LlavaNextForConditionalGeneration, any-resolution tiles). Their tokenizer is a byte-level BPE
+  trained locally with ``tokenizers`` (``<image>`` special token, LLaVA-1.5 chat template).
+
+This module registers loaders and builders only; it defines no tool.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools.models import register_loader, register_tiny
+
+log = logging.getLogger(__name__)
+
+FAMILY = "planner"
+
+#: the chat template of llava-hf/llava-1.5-7b-hf (images first, then text, per message)
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+_CORPUS = [
+    'USER: <image>\nHow many cups are there? ASSISTANT: {"thought": "count the cups", "tool": "count", "args": {"image": "img_0", "label": "cup"}}',
+    '{"thought": "I can answer", "final": "There is 1 cup.", "evidence": ["det_1_0", "obs_1"]}',
+    "detect segment count caption vqa ocr search video frames image labels label boxes points point_labels threshold",
+    "thought tool args final evidence answer question observation error img_0 img_1 vid_0 det_1_0 mask_2_0 ocr_1_0",
+    "The quick brown fox jumps over the lazy dog. Where is the cat? What does the sign say? Read the text.",
+    "0 1 2 3 4 5 6 7 8 9 10 0.5 0.35 0.25 true false null [ ] { } , : \" ' ( ) . - _ / \\n",
+    "You are a visual assistant. Call one tool at a time, then answer with the ids of the evidence.",
+]
+
+
+@dataclass
+class PlannerBundle:
+    """A loaded planner model. ``context_length``: the text model's maximum positions (tokens)."""
+
+    model: Any
+    processor: Any
+    model_type: str
+    device: str
+    dtype: Any
+    context_length: int
+    checkpoint: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+
+@register_loader(FAMILY, "transformers")
+def load_planner(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> PlannerBundle:
+    """Load a LLaVA-family checkpoint (folder or Hub id) with its processor and chat template."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from agent.errors import UsageError
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    model_type = config.model_type
+    if model_type not in {"llava", "llava_next", "llava_onevision", "video_llava"} and not options.get("any_architecture"):
+        raise UsageError(
+            f"planner checkpoint {checkpoint} has model_type '{model_type}'; expected a LLaVA family model "
+            "(llava, llava_next, llava_onevision) or set models.planner.options.any_architecture: true"
+        )
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    if getattr(processor, "chat_template", None) is None:
+        raise UsageError(f"planner checkpoint {checkpoint} has no chat template in its processor")
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=dtype)
+    model.to(device).eval()
+    text_config = getattr(config, "text_config", config)
+    context = int(options.get("context_length") or getattr(text_config, "max_position_embeddings", 4096))
+    return PlannerBundle(model, processor, model_type, device, dtype, context, checkpoint)
+
+
+# -- tiny checkpoints -----------------------------------------------------------------------------
+def build_tiny_tokenizer(folder: Path | None = None, vocab_size: int = 600) -> Any:
+    """A byte-level BPE tokenizer trained on a small corpus, as ``PreTrainedTokenizerFast``.
+
+    Special tokens: ``<s>`` (bos), ``</s>`` (eos), ``<pad>``, ``<unk>``, ``<image>``, ``<video>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
+    fast.chat_template = LLAVA_CHAT_TEMPLATE
+    if folder is not None:
+        fast.save_pretrained(folder)
+    return fast
+
+
+def _tiny_text_config(vocab: int, pad: int) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=pad,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def _tiny_vision_config(image_size: int = 32) -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=32,
+    )
+
+
+@register_tiny("llava")
+def build_tiny_llava(folder: Path) -> None:
+    """Tiny LLaVA-1.5: CLIP ViT (32 px, 8 px patches -> 16 image tokens) + 2-layer Llama."""
+    import torch
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tok = build_tiny_tokenizer()
+    image_id = tok.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(
+        vision_config=_tiny_vision_config(),
+        text_config=_tiny_text_config(len(tok), tok.pad_token_id),
+        image_token_id=image_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=16,
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+
+
+@register_tiny("llava-next")
+def build_tiny_llava_next(folder: Path) -> None:
+    """Tiny LLaVA-NeXT: any-resolution tiles of 32 px over a CLIP ViT + 2-layer Llama."""
+    import torch
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    tok = build_tiny_tokenizer()
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    config = LlavaNextConfig(
+        vision_config=_tiny_vision_config(),
+        text_config=_tiny_text_config(len(tok), tok.pad_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=16,
+    )
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
