@@ -116,6 +116,8 @@ class RunStream:
         self.answer: Answer | None = None
         self._iter: Iterator[Step] | None = None
         self._seen_actions: dict[str, int] = {}
+        #: warnings for the Answer (final checks append; each becomes a NoteStep before the final)
+        self.warnings: list[str] = []
 
     # -- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Step]:
@@ -138,6 +140,7 @@ class RunStream:
 
     def _finish(self, answer: Answer) -> None:
         meta = self.trace.meta
+        meta.media = self.media.infos()  # frames tools added during the run included
         meta.finished = time.time()
         meta.ms = round((meta.finished - meta.started) * 1000, 3)
         answer.trace = self.trace
@@ -168,7 +171,7 @@ class RunStream:
         errors = 0
         tools = self.agent.tools
         tool_classes = {name: type(t) for name, t in tools.items()}
-        warnings: list[str] = []
+        warnings = self.warnings  # final checks may add to run.warnings
         for _ in range(self.max_steps):
             if errors > limits.max_retries:
                 last = next(s for s in reversed(self.trace.steps) if isinstance(s, ErrorStep))
@@ -207,11 +210,14 @@ class RunStream:
                 )
             )
             if isinstance(decision, Final):
+                noted = len(warnings)
                 problem = self._check_final(decision, warnings)
                 if problem:
                     errors += 1
                     yield self._emit(ErrorStep(source="final", message=problem))
                     continue
+                for warning in warnings[noted:]:
+                    yield self._emit(NoteStep(message=f"warning: {warning}"))
                 yield self._emit(FinalStep(answer=decision.answer, evidence=decision.evidence))
                 self._finish(
                     Answer(answer=decision.answer, evidence=self.resolve_evidence(decision.evidence), warnings=warnings)
@@ -394,11 +400,11 @@ class Agent:
     @property
     def planner(self) -> Planner:
         if self._planner is None:
-            self._planner = make_planner(self._planner_spec, self.config)
+            self._planner = make_planner(self._planner_spec, self.config, pool=self.pool)
         return self._planner
 
     def _run_planner(self, planner: Planner | str | None) -> Planner:
-        p = self.planner if planner is None else make_planner(planner, self.config)
+        p = self.planner if planner is None else make_planner(planner, self.config, pool=self.pool)
         fork = getattr(p, "fork", None)
         return fork() if callable(fork) else p
 
@@ -435,6 +441,13 @@ class Agent:
         return self.stream(question, media, **kwargs).result()
 
     run = ask
+
+    def chat(self, media: Sequence[Any] = (), **kwargs: Any) -> Any:
+        """A multi-turn ``Conversation`` over ``media``: ``conv.ask(question)`` per turn; earlier
+        turns' region ids stay usable and citable (see ``agent.conversation``)."""
+        from agent.conversation import Conversation
+
+        return Conversation(self, media, **kwargs)
 
     def _execute(self, tool: Tool, inp: Any, ctx: RunContext) -> Any:
         timeout = self.config.limits.tool_timeout_s

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import UsageError
 from agent.media import SAMPLES
@@ -170,20 +170,24 @@ class Scenario(BaseModel):
             raise ValueError("must be a non-empty question or a non-empty list of non-empty questions")
         return v
 
-    @model_validator(mode="after")
-    def _plans(self) -> "Scenario":
-        if self.plan is not None:
-            from agent.planners.scripted import plan_from_data
+    @field_validator("plan")
+    @classmethod
+    def _plans(cls, plan: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if plan is None:
+            return plan
+        from agent.planners.scripted import plan_from_data
 
-            plans = self.plans()
-            if isinstance(self.question, list) and len(plans) != len(self.question):
-                raise ValueError(f"plan: {len(self.question)} turns need a list of {len(self.question)} plans, one per turn")
-            for k, p in enumerate(plans):
-                try:
-                    plan_from_data(p, f"plan{'' if len(plans) == 1 else f' of turn {k + 1}'}")
-                except UsageError as exc:
-                    raise ValueError(str(exc)) from None
-        return self
+        question = info.data.get("question")
+        multi = isinstance(question, list)
+        plans = plan if multi and plan and all(isinstance(p, list) for p in plan) else [plan]
+        if multi and len(plans) != len(question):
+            raise ValueError(f"{len(question)} turns need a list of {len(question)} plans, one per turn")
+        for k, p in enumerate(plans):
+            try:
+                plan_from_data(p, "plan" if len(plans) == 1 else f"plan of turn {k + 1}")
+            except UsageError as exc:
+                raise ValueError(str(exc).removeprefix("plan: ")) from None
+        return plan
 
     @property
     def turns(self) -> list[str]:

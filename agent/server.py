@@ -331,31 +331,10 @@ class _Server:
         include_trace = self.settings.include_trace
         if ctype == "multipart/form-data":
             form = await request.form(max_files=self.settings.max_files, max_fields=16, max_part_size=self.settings.max_request_bytes)
-            question = form.get("question")
-            if not isinstance(question, str) or not question.strip():
-                raise Problem(400, "the form needs a non-empty 'question' field")
-            raw_steps = form.get("max_steps")
-            max_steps = None
-            if raw_steps not in (None, ""):
-                try:
-                    max_steps = int(str(raw_steps))
-                except ValueError:
-                    raise Problem(400, f"max_steps must be an integer, got {str(raw_steps)[:40]!r}") from None
-            raw_trace = form.get("include_trace")
-            if isinstance(raw_trace, str) and raw_trace:
-                include_trace = raw_trace.lower() in ("1", "true", "yes", "on")
-            files = [f for f in form.getlist("files") if not isinstance(f, str)]
-            if not files:
-                raise Problem(400, "the form needs at least one file in 'files'")
-            sources = []
-            for i, upload in enumerate(files):
-                path = tmp / _safe_name(upload.filename, i)
-                with open(path, "wb") as fh:
-                    await asyncio.to_thread(shutil.copyfileobj, upload.file, fh)
-                self.check_pixels(path, upload.filename or f"files[{i}]")
-                sources.append(str(path))
-            await form.close()
-            return question, sources, self.check_steps(max_steps), include_trace
+            try:
+                return await self._parse_form(form, tmp, include_trace)
+            finally:
+                await form.close()
         if ctype == "application/json":
             try:
                 body = AskRequest.model_validate_json(await request.body())
@@ -388,6 +367,32 @@ class _Server:
                     sources.append(str(path))
             return body.question, sources, self.check_steps(body.max_steps), include_trace
         raise Problem(415, f"unsupported content type {ctype or 'none'!r}: send multipart/form-data or application/json")
+
+    async def _parse_form(self, form: Any, tmp: Path, include_trace: bool) -> tuple[str, list[str], int | None, bool]:
+        question = form.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise Problem(400, "the form needs a non-empty 'question' field")
+        raw_steps = form.get("max_steps")
+        max_steps = None
+        if raw_steps not in (None, ""):
+            try:
+                max_steps = int(str(raw_steps))
+            except ValueError:
+                raise Problem(400, f"max_steps must be an integer, got {str(raw_steps)[:40]!r}") from None
+        raw_trace = form.get("include_trace")
+        if isinstance(raw_trace, str) and raw_trace:
+            include_trace = raw_trace.lower() in ("1", "true", "yes", "on")
+        files = [f for f in form.getlist("files") if not isinstance(f, str)]
+        if not files:
+            raise Problem(400, "the form needs at least one file in 'files'")
+        sources = []
+        for i, upload in enumerate(files):
+            path = tmp / _safe_name(upload.filename, i)
+            with open(path, "wb") as fh:
+                await asyncio.to_thread(shutil.copyfileobj, upload.file, fh)
+            self.check_pixels(path, upload.filename or f"files[{i}]")
+            sources.append(str(path))
+        return question, sources, self.check_steps(max_steps), include_trace
 
     # -- running ------------------------------------------------------------------------------
     def run_sync(
@@ -581,7 +586,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         responses={
             200: {
                 "description": "server-sent events: `step` (a step JSON) per step, then `answer` (the Answer JSON) or `error` ({detail})",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": {"type": "object", "description": "each event's data: a step, the Answer, or {detail}"}}},
             },
             **errors,
         },

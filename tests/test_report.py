@@ -25,8 +25,7 @@ CHROMIUM_ARGS = [
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@pytest.fixture
-def run_with_evidence(make_agent):
+def _run(make_agent, question: str, final: str):
     from agent.registry import load_builtin_tools
 
     tools = [*FAKE_TOOLS, load_builtin_tools()["segment"]]
@@ -34,12 +33,17 @@ def run_with_evidence(make_agent):
         {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}, "thought": "find the cups first"},
         {"tool": "nope", "args": {}},
         {"tool": "segment", "args": {"image": "img_0", "boxes": ["det_1_0"]}, "thought": "outline the first cup"},
-        {"final": "There are 2 cups <b>here</b>.", "evidence": ["det_1_0", "mask_2_0"]},
+        {"final": final, "evidence": ["det_1_0", "mask_2_0"]},
     ]
-    run = make_agent(plan, tools=tools).stream("How many cups are there? <script>alert(1)</script>", ["sample:coffee"])
+    run = make_agent(plan, tools=tools).stream(question, ["sample:coffee"])
     answer = run.result()
     assert answer.ok, answer.error
     return answer, run.media
+
+
+@pytest.fixture
+def run_with_evidence(make_agent):
+    return _run(make_agent, "How many cups are there? <script>alert(1)</script>", "There are 2 cups <b>here</b>.")
 
 
 def test_report_is_self_contained_and_escaped(run_with_evidence, tmp_path):
@@ -68,17 +72,17 @@ def _chromium_or_skip() -> str:
     pytest.skip(msg)
 
 
-def test_report_renders_in_headless_chromium(run_with_evidence, tmp_path):
+def test_report_renders_in_headless_chromium(make_agent, tmp_path):
     exe = _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
-    answer, media = run_with_evidence
+    answer, media = _run(make_agent, "Where is the cup?", "The cup is in the middle of the picture.")
     out = tmp_path / "report.html"
     write_report(answer, media, out)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page = browser.new_page(viewport={"width": 1100, "height": 1400})
             requests: list[str] = []
             page.on("request", lambda r: requests.append(r.url))
             page.goto(out.as_uri())
@@ -93,7 +97,7 @@ def test_report_renders_in_headless_chromium(run_with_evidence, tmp_path):
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=False)
             assert shot.stat().st_size > 10_000
-            DOCS.mkdir(exist_ok=True)
-            shutil.copyfile(shot, DOCS / "report.png")
+            if os.environ.get("VISAGENT_UPDATE_DOCS"):  # refresh the README's screenshot on request
+                shutil.copyfile(shot, DOCS / "report.png")
         finally:
             browser.close()

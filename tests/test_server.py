@@ -367,12 +367,17 @@ def test_schemathesis(server: str) -> None:
     """Generated requests against the OpenAPI schema: no 5xx, documented codes, conforming bodies."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     ran = 0
+    statuses: list[tuple[str, int]] = []
     for result in schema.get_all_operations():
         operation = result.ok()
         strategy = operation.as_strategy()
@@ -380,8 +385,11 @@ def test_schemathesis(server: str) -> None:
         @given(case=strategy)
         @settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
-            case.call_and_validate(headers=AUTH, checks=checks, timeout=60)
+            response = case.call_and_validate(headers=AUTH, checks=checks, timeout=60)
+            statuses.append((case.path, response.status_code))
 
         check()
         ran += 1
     assert ran == 5
+    assert {p for p, _ in statuses} == {"/v1/ask", "/v1/ask/stream", "/v1/tools", "/v1/models", "/healthz"}
+    assert len(statuses) >= 15

@@ -28,26 +28,38 @@ from agent.types import ErrorStep, ToolStep
 from tools.base import OBSERVATION_LIMIT
 from tools.segment import Mask, Prompts, Segment, SegmentInput, mask_to_rle, rle_to_mask
 
-BACKENDS = ("transformers", "official")
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
+
+#: variant -> (backend, checkpoint): SamModel, segment-anything's Sam, Sam2Model
+VARIANTS = {
+    "transformers": ("transformers", "tiny:sam"),
+    "official": ("official", "tiny:sam"),
+    "sam2": ("transformers", "tiny:sam2"),
+}
 HAS_DETECT = importlib.util.find_spec("tools.detect") is not None
 
 
 # -- fixtures / helpers ------------------------------------------------------------------------
-def _config(backend: str) -> Any:
+def _segment_config(variant: str) -> dict[str, Any]:
+    backend, checkpoint = VARIANTS[variant]
+    return {"checkpoint": checkpoint, "backend": backend}
+
+
+def _config(variant: str) -> Any:
     return load_config(
         profile="tiny",
-        overrides={"models": {"segment": {"backend": backend}}},
+        overrides={"models": {"segment": _segment_config(variant)}},
         environ={"VISAGENT_CACHE_DIR": os.environ["VISAGENT_CACHE_DIR"]},
     )
 
 
 @pytest.fixture(scope="module")
 def pools() -> dict[str, ModelPool]:
-    # one pool per backend: both backends use the checkpoint name "tiny:sam"
-    return {b: ModelPool() for b in BACKENDS}
+    # one pool per variant: both backends use the checkpoint name "tiny:sam"
+    return {v: ModelPool() for v in VARIANTS}
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=list(VARIANTS))
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -215,23 +227,30 @@ def test_n_boxes_go_through_one_decoder_call(backend: str, pools: dict) -> None:
 
 def test_backends_return_the_same_structure(pools: dict) -> None:
     outs = {}
-    for backend in BACKENDS:
-        ctx = _ctx(backend, pools)
-        outs[backend] = _segment(ctx, image="img_0", boxes=LANDSCAPE_BOXES, points=[[50, 50]]).model_dump(mode="json")
-    a, b = outs["transformers"], outs["official"]
+    for variant in VARIANTS:
+        ctx = _ctx(variant, pools)
+        outs[variant] = _segment(ctx, image="img_0", boxes=LANDSCAPE_BOXES, points=[[50, 50]]).model_dump(mode="json")
+    a = outs["transformers"]
+    for b in (outs["official"], outs["sam2"]):
+        _same_structure(a, b)
 
-    def shape(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: shape(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [shape(v) for v in value]
-        return type(value).__name__
 
-    for ma, mb in zip(a["masks"], b["masks"]):
-        assert set(ma) == set(mb)
-        assert (ma["id"], ma["image"], ma["rle"]["size"]) == (mb["id"], mb["image"], mb["rle"]["size"])
-        assert {k: shape(v) for k, v in ma.items() if k != "box"} == {k: shape(v) for k, v in mb.items() if k != "box"}
+def _shape(value: Any) -> Any:
+    """The JSON structure with leaves replaced by their type names."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
+def _same_structure(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert set(a) == set(b)
     assert len(a["masks"]) == len(b["masks"]) == 2
+    for ma, mb in zip(a["masks"], b["masks"]):
+        assert (ma["id"], ma["image"], ma["rle"]["size"]) == (mb["id"], mb["image"], mb["rle"]["size"])
+        assert {k: _shape(v) for k, v in ma.items() if k != "rle"} == {k: _shape(v) for k, v in mb.items() if k != "rle"}
+        assert set(ma["rle"]) == set(mb["rle"]) == {"size", "counts"} and isinstance(mb["rle"]["counts"], str)
     assert (a["width"], a["height"]) == (b["width"], b["height"]) == (600, 400)
 
 
@@ -286,7 +305,7 @@ def test_scripted_segment_then_segment_again(backend: str, pools: dict) -> None:
     assert ans.status == "answered", ans.error
     steps = ans.trace.tool_steps()
     assert [s.cache for s in steps] == [{"sam_image_embedding": "miss"}, {"sam_image_embedding": "hit"}]
-    assert all(s.models == ["tiny:sam"] for s in steps)
+    assert all(s.models == [VARIANTS[backend][1]] for s in steps)
     assert [e.id for e in ans.evidence] == ["mask_2_0", "mask_2_1"]
 
 
@@ -333,9 +352,9 @@ def _cli(tmp_path: Path, plan: list[dict[str, Any]], backend: str) -> dict[str, 
     plan_file.write_text(yaml.safe_dump(plan))
     cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:coffee", "segment the cup", "--profile", "tiny",
            "--planner", f"script:{plan_file}", "--json"]  # fmt: skip
-    if backend == "official":
-        cfg = tmp_path / "official.yaml"
-        cfg.write_text(yaml.safe_dump({"models": {"segment": {"checkpoint": "tiny:sam", "backend": "official"}}}))
+    if backend != "transformers":
+        cfg = tmp_path / f"{backend}.yaml"
+        cfg.write_text(yaml.safe_dump({"models": {"segment": _segment_config(backend)}}))
         cmd += ["--config", str(cfg)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])

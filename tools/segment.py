@@ -201,12 +201,15 @@ class SamBundle:
             inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
             pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
             embeddings = self.model.get_image_embeddings(pixel_values)
+            if self.kind == "sam2":  # resized to a square, no padding
+                side = int(self.processor.target_size)
+                input_size = (side, side)
+            else:  # longest side resized, then padded
+                input_size = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
             return {
                 "embeddings": embeddings,
                 "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
-                "input_size": tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
-                if "reshaped_input_sizes" in inputs
-                else None,
+                "input_size": input_size,
             }
 
     # -- cheap step --------------------------------------------------------------------------
@@ -283,9 +286,11 @@ class SamBundle:
         best = iou.argmax(dim=1)
         rows = torch.arange(low_res.shape[0], device=low_res.device)
         low_res = low_res[rows, best].unsqueeze(1).float()  # (B, 1, h, w): upsample only the kept masks
-        masks = self.processor.image_processor.post_process_masks(
-            [low_res], [state["original_size"]], [state["input_size"]]
-        )[0][:, 0]
+        post = self.processor.image_processor.post_process_masks
+        if self.kind == "sam2":
+            masks = post([low_res], [state["original_size"]])[0][:, 0]
+        else:
+            masks = post([low_res], [state["original_size"]], [state["input_size"]])[0][:, 0]
         return masks, iou[rows, best]
 
 
@@ -454,6 +459,41 @@ def build_tiny_sam(folder: Path) -> None:
         mask_pad_size={"height": mask, "width": mask},
     )
     SamProcessor(image_processor).save_pretrained(folder)
+
+
+@register_tiny("sam2")
+def build_tiny_sam2(folder: Path) -> None:
+    """Tiny random ``Sam2Model`` (Hiera backbone, 64 px square input) + ``Sam2Processor``."""
+    import torch
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(0)
+    size, dim = TINY_IMAGE_SIZE, 32
+    config = Sam2Config(
+        vision_config={
+            "backbone_config": {
+                "model_type": "sam2_hiera_det_model",
+                "hidden_size": 8,
+                "num_attention_heads": 1,
+                "image_size": [size, size],
+                "blocks_per_stage": [1, 1, 2, 1],
+                "embed_dim_per_stage": [8, 16, 32, 64],
+                "num_attention_heads_per_stage": [1, 1, 1, 1],
+                "window_size_per_stage": [4, 4, 4, 2],
+                "global_attention_blocks": [3],  # not a stage's first (query-pooling) block
+                "window_positional_embedding_background_size": [2, 2],
+            },
+            "backbone_channel_list": [64, 32, 16, 8],
+            "backbone_feature_sizes": [[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]],
+            "fpn_hidden_size": dim,
+        },
+        prompt_encoder_config={"hidden_size": dim, "image_size": size, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": dim, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": dim},
+    )
+    Sam2Model(config).eval().save_pretrained(folder)
+    mask = size // 4
+    image_processor = Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": mask, "width": mask})
+    Sam2Processor(image_processor).save_pretrained(folder)
 
 
 #: architecture of the tiny official checkpoint (same keys as ``build_sam_from_arch`` reads)

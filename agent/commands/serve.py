@@ -38,10 +38,9 @@ def serve(
         timeout_s=timeout,
     )
     if not is_loopback(settings.host) and not settings.token:
-        from agent.cli import Exit
+        from agent.errors import UsageError
 
-        raise Exit(
-            2,
+        raise UsageError(
             f"refusing to listen on {settings.host} without a token: pass --token (or set VISAGENT_TOKEN), or use --host 127.0.0.1",
         )
     from agent.agent import Agent

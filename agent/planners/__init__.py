@@ -65,3 +65,6 @@ def make_planner(spec: str | Planner | None, config: Any, **kwargs: Any) -> Plan
     if factory is None:
         raise UsageError(f"unknown planner '{spec}'; available: {', '.join(available_planners())}")
     return factory(config, **kwargs)
+
+
+import agent.planners.llava_plus  # noqa: E402,F401  registers the "llava_plus" action format

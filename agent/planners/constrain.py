@@ -48,9 +48,19 @@ class SchemaLimits:
     charset: str = "ascii"
 
 
-def _string_schema(n: int, charset: str) -> dict[str, Any]:
+def _string_schema(n: int, charset: str, least: int = 0) -> dict[str, Any]:
+    """Strings of ``least``..``n`` characters of ``charset``, as a pattern."""
     chars = ASCII_CHARS if charset == "ascii" else UNICODE_CHARS
-    return {"type": "string", "pattern": f"^{chars}{{0,{n}}}$"}
+    n = max(n, least)
+    # xgrammar accepts repetition counts up to 128: longer bounds are chained runs
+    runs, left, need = [], n, least
+    while left > 0:
+        size = min(left, 100)
+        lo = min(need, size)
+        runs.append(f"{chars}{{{lo},{size}}}")
+        left -= size
+        need -= lo
+    return {"type": "string", "pattern": "^" + "".join(runs) + "$"}
 
 
 def _inline_refs(node: Any, defs: Mapping[str, Any], depth: int = 0) -> Any:
@@ -87,7 +97,7 @@ def _bound(node: Any, limits: SchemaLimits, media: Mapping[str, list[str]], key:
             node["maxLength"] = n
             node.pop("minLength", None)
         else:
-            node = _string_schema(n, limits.charset)
+            node = _string_schema(n, limits.charset, int(node.get("minLength", 0)))
     elif typ in ("number", "integer"):
         b = limits.number_bound
         if "minimum" not in node and "exclusiveMinimum" not in node:
@@ -192,7 +202,7 @@ class GrammarCache:
 
     def logits_processor(self, schema: Mapping[str, Any]) -> Any:
         """A fresh transformers ``LogitsProcessor`` enforcing ``schema`` (one per generation)."""
-        text = json.dumps(schema, sort_keys=True)
+        text = json.dumps(schema)
         with self._lock:
             grammar = self.compiler.compile_json_schema(text, any_whitespace=False, strict_mode=True)
         return self._xgr.contrib.hf.LogitsProcessor(grammar)

@@ -49,7 +49,8 @@ def known_ids(state: PlannerState) -> list[str]:
     tool calls, plus the evidence of earlier conversation turns."""
     ids: list[str] = []
     for turn in state.history:
-        ids += [str(e) for e in turn.get("evidence", [])]
+        # region ids stay valid across turns; obs_N ids belong to their own turn
+        ids += [str(e) for e in turn.get("evidence", []) if not str(e).startswith("obs_")]
         ids += [str(r) for r in turn.get("regions", [])]
     for step in state.steps:
         if isinstance(step, ToolStep):

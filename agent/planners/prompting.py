@@ -83,17 +83,42 @@ def _strip(node: Any) -> Any:
     return node
 
 
-def tool_specs(tools: dict[str, Any]) -> list[dict[str, str]]:
-    """``[{name, signature, description, schema}]`` from each tool's Input JSON schema."""
+def _constraints(prop: dict[str, Any]) -> str:
+    parts = []
+    for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if key in prop:
+            parts.append(f"{word} {prop[key]:g}" if isinstance(prop[key], (int, float)) else f"{word} {prop[key]}")
+    for key, word in (("minLength", "min length"), ("maxLength", "max length"), ("minItems", "min items"), ("maxItems", "max items")):
+        if key in prop:
+            parts.append(f"{word} {prop[key]}")
+    if "enum" in prop:
+        parts.append("one of " + ", ".join(json.dumps(v) for v in prop["enum"]))
+    return ", ".join(parts)
+
+
+def tool_specs(tools: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{name, signature, description, args: [{name, text}], schema}]`` from each tool's Input
+    JSON schema: ``signature`` from ``Tool.signature()``, one line per argument with its
+    description and bounds, ``schema`` the compact JSON schema (titles removed)."""
     out = []
     for name, tool in tools.items():
-        schema = _strip(tool.input_schema())
+        schema = tool.input_schema()
+        args = []
+        for pname, prop in schema.get("properties", {}).items():
+            bits = [b for b in (prop.get("description", ""), _constraints(prop)) if b]
+            for alt in prop.get("anyOf", []):
+                extra = _constraints(alt)
+                if extra:
+                    bits.append(extra)
+            if bits:
+                args.append({"name": pname, "text": "; ".join(bits)})
         out.append(
             {
                 "name": name,
                 "signature": tool.signature(),
-                "description": tool.description.strip(),
-                "schema": json.dumps(schema, separators=(",", ":")),
+                "description": " ".join(tool.description.split()),
+                "args": args,
+                "schema": json.dumps(_strip(schema), separators=(",", ":")),
             }
         )
     return out
@@ -238,3 +263,86 @@ def text_only(messages: Sequence[Message]) -> str:
         body = "".join("<image>\n" if p["type"] == "image" else p["text"] for p in m["content"])
         lines.append(f"[{m['role']}]\n{body}")
     return "\n".join(lines)
+
+
+# -- helpers for chat-API planners (OpenAI-compatible servers, LangChain) ---------------------------
+FINAL_TOOL = "final_answer"
+
+
+def image_data_url(image: Any, fmt: str = "JPEG", quality: int = 90) -> str:
+    """A PIL image as a ``data:image/...;base64,...`` URL (JPEG by default, PNG with ``fmt``)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    if fmt.upper() == "JPEG":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+        mime = "image/jpeg"
+    else:
+        image.save(buf, format="PNG")
+        mime = "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def function_specs(tools: dict[str, Any]) -> list[dict[str, Any]]:
+    """OpenAI function-tool specs for ``tools`` plus ``final_answer(answer, evidence)``."""
+    specs = [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": tool.description.strip(),
+                "parameters": _strip(tool.input_schema()),
+            },
+        }
+        for name, tool in tools.items()
+    ]
+    specs.append(
+        {
+            "type": "function",
+            "function": {
+                "name": FINAL_TOOL,
+                "description": "Give the final answer, citing the ids of the evidence (region ids like det_1_0, or obs_N).",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "answer": {"type": "string", "description": "the answer to the question"},
+                        "evidence": {"type": "array", "items": {"type": "string"}, "description": "cited ids"},
+                        "thought": {"type": "string", "description": "what the evidence shows"},
+                    },
+                    "required": ["answer", "evidence"],
+                },
+            },
+        }
+    )
+    return specs
+
+
+def decision_from_call(name: str, args: Any, thought: str = "", raw: str = "") -> Action | Final:
+    """A native tool call (name + arguments dict or JSON text) -> Action / Final."""
+    from agent.errors import PlannerOutputError
+
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise PlannerOutputError(f"arguments of {name} are not valid JSON ({exc.msg})", raw=raw) from None
+    if not isinstance(args, dict):
+        raise PlannerOutputError(f"arguments of {name} must be a JSON object", raw=raw)
+    if name == FINAL_TOOL:
+        evidence = args.get("evidence", [])
+        if isinstance(evidence, str):
+            evidence = [evidence]
+        if not isinstance(evidence, list):
+            raise PlannerOutputError("final_answer: evidence must be a list of ids", raw=raw)
+        return Final(answer=str(args.get("answer", "")), evidence=[str(e) for e in evidence], thought=str(args.get("thought", thought) or ""))
+    return Action(tool=name, args=args, thought=thought)
+
+
+def estimate_tokens(messages: Sequence[Message], image_tokens: int = 600) -> int:
+    """A tokenizer-free estimate: ~4 characters per token plus ``image_tokens`` per image."""
+    n = 0
+    for m in messages:
+        for p in m["content"]:
+            n += image_tokens if p["type"] == "image" else len(p["text"]) // 4 + 1
+    return n

@@ -1,0 +1,72 @@
+"""``visagent chat MEDIA...``: an interactive multi-turn session on the terminal.
+
+Each line typed is a question about the media; follow-ups may refer to earlier ids ("segment
+det_1_1"). Commands: ``/add PATH`` adds an image or video, ``/ids`` lists the region ids so far,
+``/quit`` (or end of input) leaves. Final answers go through the grounded-final checks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def chat(
+        media: Annotated[list[str], typer.Argument(help="images / videos / sample:NAME to talk about", show_default=False)],
+        profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="default or tiny")] = None,
+        config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")] = None,
+        planner: Annotated[Optional[str], typer.Option(help="llava, openai, or script:PLAN.yaml")] = None,
+        max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="planner steps per question")] = None,
+        trace_dir: Annotated[Optional[Path], typer.Option(help="write each turn's trace as turn-N.jsonl here")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,
+    ) -> None:
+        """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
+        from agent.agent import Agent
+        from agent.cli import TINY_NOTE, _describe_step, _load_config, _print_answer, err, out
+        from agent.planners.grounding import default_checks
+
+        cfg = _load_config(config, profile)
+        if cfg.profile == "tiny":
+            err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
+        agent = Agent(cfg, planner=planner, final_checks=default_checks())
+        conv = agent.chat(media, max_steps=max_steps)
+        if trace_dir is not None:
+            trace_dir.mkdir(parents=True, exist_ok=True)
+        ids = ", ".join(conv.media.ids())
+        err.print(f"media: {ids}. Type a question; /add PATH, /ids, /quit.")
+        while True:
+            try:
+                line = input("? " if sys.stdin.isatty() else "")
+            except EOFError:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit", "/q"):
+                break
+            if line == "/ids":
+                out.print(", ".join(conv.regions) or "no region ids yet", markup=False)
+                continue
+            if line.startswith("/add "):
+                from agent.errors import MediaError
+
+                try:
+                    out.print(f"added {conv.add_media(line[5:].strip())}")
+                except MediaError as exc:
+                    err.print(f"error: {exc}", markup=False)
+                continue
+            trace = trace_dir / f"turn-{len(conv.turns) + 1}.jsonl" if trace_dir is not None else None
+            run = conv.stream(line, trace_path=trace)
+            for step in run:
+                if verbose:
+                    err.print(_describe_step(step), markup=False)
+            assert run.answer is not None
+            conv.record(run, run.answer)
+            _print_answer(run.answer)
+            if not run.answer.ok:
+                err.print(f"no answer: {run.answer.error}", markup=False)

@@ -1,0 +1,179 @@
+"""The LLaVA planner on tiny random LLaVA checkpoints: constrained actions are always valid."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from agent.agent import Agent
+from agent.errors import PlannerOutputError
+from agent.planners import make_planner, parse_action
+from agent.planners.constrain import action_schema, validate_action
+from agent.planners.llava import LlavaPlanner, known_ids
+from agent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
+from fakes import FAKE_TOOLS
+from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+
+
+class Crop(BaseModel):
+    box: list[float] = Field(min_length=4, max_length=4)
+    pad: int = Field(default=0, ge=0, le=50)
+
+
+class ZoomIn(ToolInput):
+    image: str = Field(description="image id")
+    crops: list[Crop] = Field(min_length=1, description="regions to zoom into")
+    mode: Literal["fast", "best"] = "fast"
+    scale: float = Field(default=2.0, gt=1.0, le=8.0)
+    note: str | None = Field(default=None, min_length=1)
+    threshold: Prob = 0.5
+
+
+class ZoomOut(ToolOutput):
+    regions: list[Region]
+
+    def observation(self) -> str:
+        return "zoomed: " + "; ".join(r.describe() for r in self.regions)
+
+
+class Zoom(Tool):
+    name = "zoom"
+    description = "Zoom into boxes of an image (fake, for tests)."
+    Input = ZoomIn
+    Output = ZoomOut
+
+    def run(self, inp: ZoomIn, ctx: Any) -> ZoomOut:
+        w, h = ctx.image(inp.image).size
+        return ZoomOut(regions=[Region(id=ctx.region_id("det", i), image=inp.image, box=[0, 0, w, h]) for i in range(len(inp.crops))])
+
+
+TOOLS = [*FAKE_TOOLS, Zoom]
+QUESTIONS = ["How many cups are there?", "Where is the spoon?", "Zoom into the saucer and describe it."]
+
+
+def _config(tiny_config: Any, **planner: Any) -> Any:
+    return tiny_config.model_copy(update={"planner": tiny_config.planner.model_copy(update=planner)})
+
+
+def _check_run(answer: Any, tools: dict[str, type[Tool]], max_steps: int) -> int:
+    """Every planner step of the run is a schema-valid action; returns the number of steps."""
+    planner_steps = [s for s in answer.trace.steps if isinstance(s, PlannerStep)]
+    assert planner_steps, "the planner made no step"
+    assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source in ("planner", "args", "tool")]
+    known: list[str] = []
+    for step in answer.trace.steps:
+        if isinstance(step, PlannerStep):
+            obj = json.loads(step.raw, strict=False)
+            schema = action_schema(tools, known_ids=known, media={"image": ["img_0"], "video": []})
+            assert validate_action(obj, schema) == [], step.raw
+            if isinstance(step.action, Action):
+                tools[step.action.tool].Input.model_validate(step.action.args)
+            else:
+                assert set(step.action.evidence) <= set(known)
+            assert step.tokens > 0
+        elif isinstance(step, ToolStep):
+            known += [r for r in _region_ids(step.output)] + [f"obs_{step.call}"]
+    assert len(planner_steps) <= max_steps
+    assert answer.status in ("answered", "max_steps")
+    return len(planner_steps)
+
+
+def _region_ids(output: Any) -> list[str]:
+    from agent.planners.llava import _regions_of
+
+    return _regions_of(output)
+
+
+def test_constrained_tiny_llava_always_valid(tiny_config: Any, shared_pool: Any) -> None:
+    tools = {t.name: t for t in TOOLS}
+    steps = 0
+    finals = actions = 0
+    for seed in range(6):
+        cfg = _config(tiny_config, temperature=1.0, seed=seed)
+        agent = Agent(cfg, planner=LlavaPlanner(cfg, pool=shared_pool), tools=TOOLS, pool=shared_pool)
+        for question in QUESTIONS:
+            answer = agent.ask(question, ["sample:coffee"], max_steps=3)
+            steps += _check_run(answer, tools, 3)
+            for s in answer.trace.steps:
+                if isinstance(s, PlannerStep):
+                    finals += isinstance(s.action, Final)
+                    actions += isinstance(s.action, Action)
+    assert steps >= 18
+    assert actions > 0  # sampling reaches tool calls, not only finals
+
+
+def test_greedy_is_deterministic_and_recorded(tiny_config: Any, shared_pool: Any) -> None:
+    agent = Agent(tiny_config, planner="llava", tools=TOOLS, pool=shared_pool)
+    a = agent.ask("How many cups are there?", ["sample:coffee"], max_steps=2)
+    b = agent.ask("How many cups are there?", ["sample:coffee"], max_steps=2)
+    raw_a = [s.raw for s in a.trace.steps if isinstance(s, PlannerStep)]
+    raw_b = [s.raw for s in b.trace.steps if isinstance(s, PlannerStep)]
+    assert raw_a == raw_b and raw_a[0]
+    assert a.trace.meta.seed == tiny_config.planner.seed
+    assert a.trace.meta.planner.startswith("llava:tiny:llava")
+    assert isinstance(agent.planner, LlavaPlanner)
+    assert agent.planner.pool is shared_pool  # the agent's pool serves the planner model
+
+
+def test_unconstrained_random_model_is_not_valid_json(tiny_config: Any, shared_pool: Any) -> None:
+    # without the constraint the random model's text is no action: the loop records planner errors
+    cfg = _config(tiny_config, constrained=False, max_new_tokens=24)
+    agent = Agent(cfg, planner=LlavaPlanner(cfg, pool=shared_pool), tools=TOOLS, pool=shared_pool)
+    answer = agent.ask("How many cups are there?", ["sample:coffee"], max_steps=2)
+    errors = [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source == "planner"]
+    assert errors and answer.status in ("failed", "max_steps")
+    with pytest.raises(PlannerOutputError):
+        parse_action(errors[0].args["raw"] if errors[0].args else "")
+
+
+def test_llava_next_checkpoint(tiny_config: Any, shared_pool: Any) -> None:
+    models = dict(tiny_config.models)
+    models["planner"] = models["planner"].model_copy(update={"checkpoint": "tiny:llava-next"})
+    cfg = tiny_config.model_copy(update={"models": models, "planner": tiny_config.planner.model_copy(update={"temperature": 1.0, "seed": 3})})
+    planner = make_planner("llava", cfg, pool=shared_pool)
+    answer = Agent(cfg, planner=planner, tools=TOOLS, pool=shared_pool).ask("Where is the spoon?", ["sample:coffee"], max_steps=2)
+    _check_run(answer, {t.name: t for t in TOOLS}, 2)
+    stats = {m["checkpoint"]: m for m in shared_pool.stats()["models"]}
+    assert "tiny:llava-next" in stats
+
+
+def test_action_schema_bounds_and_ids() -> None:
+    tools = {t.name: t for t in TOOLS}
+    schema = action_schema(tools, known_ids=["det_1_0", "obs_1"], media={"image": ["img_0", "img_1"]})
+    options = schema["anyOf"]
+    assert [o["properties"].get("tool", {}).get("const") for o in options] == ["fake_find", "echo", "noop", "zoom", None]
+    zoom = options[3]["properties"]["args"]
+    assert zoom["properties"]["image"] == {"enum": ["img_0", "img_1"]}
+    assert zoom["properties"]["crops"]["items"]["properties"]["pad"]["maximum"] == 50  # $ref inlined
+    assert zoom["properties"]["mode"]["enum"] == ["fast", "best"]
+    assert zoom["additionalProperties"] is False
+    final = options[-1]["properties"]["evidence"]
+    assert final["items"] == {"enum": ["det_1_0", "obs_1"]}
+    good = {"thought": "x", "tool": "zoom", "args": {"image": "img_0", "crops": [{"box": [1, 2, 3, 4]}]}}
+    assert validate_action(good, schema) == []
+    bad = {"thought": "x", "tool": "zoom", "args": {"image": "img_9", "crops": [{"box": [1, 2, 3, 4]}], "scale": 9}}
+    assert len(validate_action(bad, schema)) >= 1
+    assert validate_action({"thought": "", "final": "y", "evidence": ["det_9_9"]}, schema)
+    no_ids = action_schema({}, known_ids=[])
+    assert no_ids["properties"]["evidence"]["maxItems"] == 0
+
+
+def test_known_ids_from_steps_and_history(make_agent: Any) -> None:
+    from agent.planners.base import PlannerState
+
+    answer = make_agent(
+        [{"tool": "fake_find", "args": {"image": "img_0", "label": "cup"}}, {"final": "2", "evidence": ["det_1_0"]}],
+        tools=FAKE_TOOLS,
+    ).ask("How many cups?", ["sample:coffee"])
+    state = PlannerState(
+        question="q",
+        media=answer.trace.meta.media,
+        steps=answer.trace.steps,
+        tools={},
+        history=[{"question": "earlier", "answer": "a", "evidence": ["det_0_0", "obs_1"], "regions": ["det_0_1"]}],
+    )
+    ids = known_ids(state)
+    assert ids[:2] == ["det_0_0", "det_0_1"] and "obs_1" in ids and "det_1_0" in ids and "det_1_1" in ids

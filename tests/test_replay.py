@@ -1,0 +1,164 @@
+"""Replaying recorded traces: same answer without models, divergence, media checks, re-planning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.cli import main
+from agent.errors import UsageError
+from agent.pool import ModelPool
+from agent.replay import replay
+from agent.trace import read_trace
+from tests.fakes import FAKE_TOOLS
+
+PLAN = [
+    {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}},
+    {"tool": "nope", "args": {}},
+    {"tool": "segment", "args": {"image": "img_0", "boxes": ["det_1_0"]}},
+    {"tool": "segment", "args": {"image": "img_0", "boxes": ["det_1_0"]}},  # a repeat: an error step
+    {"final": "1 cup", "evidence": ["det_1_0", "mask_2_0"]},
+]
+
+
+@pytest.fixture
+def recorded(make_agent, tmp_path) -> Path:
+    path = tmp_path / "trace.jsonl"
+    from agent.registry import load_builtin_tools
+
+    answer = make_agent(PLAN, tools=[*FAKE_TOOLS, load_builtin_tools()["segment"]]).ask(
+        "How many cups?", ["sample:coffee"], trace_path=path
+    )
+    assert answer.ok and [e.id for e in answer.evidence] == ["det_1_0", "mask_2_0"]
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write(path: Path, lines: list[dict]) -> None:
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+
+
+def test_replay_reaches_the_same_answer_without_models(recorded):
+    pool = ModelPool()
+    result = replay(recorded, pool=pool)
+    assert result.same and result.divergence is None
+    assert result.answer.answer == "1 cup" and [e.id for e in result.answer.evidence] == ["det_1_0", "mask_2_0"]
+    assert result.served == 2 and result.ran == 0
+    assert pool.stats()["models"] == [] and result.models_loaded == 0
+    trace, _ = read_trace(recorded)
+    replayed = result.answer.trace.steps
+    assert [s.type for s in replayed] == [s.type for s in trace.steps]
+    seg = [s for s in replayed if s.type == "tool" and s.tool == "segment"][0]
+    orig = [s for s in trace.steps if s.type == "tool" and s.tool == "segment"][0]
+    assert seg.output == orig.output and seg.models == orig.models and seg.cache == orig.cache
+    # the typed output was rebuilt: the evidence region is a full Mask (rle and area kept)
+    assert "rle" in result.answer.evidence[1].region and "area" in result.answer.evidence[1].region
+
+
+def test_cli_replay_same_answer_in_a_fresh_process(recorded):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(recorded), "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["same"] is True and data["answer"] == "1 cup" and data["models_loaded"] == 0 and data["served"] == 2
+    assert "torch" not in data  # plain JSON outcome
+
+
+def test_replay_divergence_in_a_tool_output(recorded, capsys):
+    lines = _lines(recorded)
+    find = next(d for d in lines if d.get("type") == "tool" and d["tool"] == "fake_find")
+    find["output"]["detections"].pop()  # the recorded tool now returns one box: the observation differs
+    _write(recorded, lines)
+    result = replay(recorded, tools=FAKE_TOOLS)
+    assert not result.same
+    assert result.divergence["step"] == find["index"]
+    assert result.divergence["expected"]["observation"] != result.divergence["got"]["observation"]
+
+
+def test_cli_replay_divergence_in_a_registered_tool_output(recorded, capsys):
+    lines = _lines(recorded)
+    seg = next(d for d in lines if d.get("type") == "tool" and d["tool"] == "segment")
+    seg["output"]["masks"][0]["area"] += 1  # segment's observation is recomputed from its typed Output
+    _write(recorded, lines)
+    assert main(["replay", str(recorded)]) == 1
+    out = capsys.readouterr().out
+    assert f"at step {seg['index']}" in out and "diverged" in out
+
+
+def test_replay_divergence_in_the_final_answer(recorded, capsys):
+    lines = _lines(recorded)
+    lines[-1]["answer"] = "2 cups"  # the answer record no longer matches the recorded final step
+    _write(recorded, lines)
+    assert main(["replay", str(recorded), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["same"] is False and data["divergence"]["expected"]["answer"] == "2 cups"
+    assert data["divergence"]["got"]["answer"] == "1 cup"
+
+
+def test_replay_refuses_changed_media(recorded, capsys):
+    lines = _lines(recorded)
+    lines[0]["media"][0]["sha256"] = "0" * 64
+    _write(recorded, lines)
+    with pytest.raises(UsageError, match="img_0 .sample:coffee. has changed since the run"):
+        replay(recorded)
+    assert main(["replay", str(recorded)]) == 2
+    assert "has changed" in capsys.readouterr().err
+
+
+def test_replay_of_an_in_memory_image_is_a_clear_error(make_agent, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "t.jsonl"
+    make_agent([{"final": "x"}], tools=FAKE_TOOLS).ask("q", [np.zeros((8, 8, 3), np.uint8)], trace_path=path)
+    with pytest.raises(UsageError, match="cannot re-load img_0: its source was 'array'"):
+        replay(path)
+
+
+def test_replay_an_interrupted_trace(recorded):
+    lines = _lines(recorded)
+    _write(recorded, lines[:4])  # killed after the first tool step and the planner's next decision
+    result = replay(recorded, tools=FAKE_TOOLS)
+    assert result.same and result.recorded is None
+    assert result.answer.status == "failed"  # the recorded decisions run out
+
+
+def test_replan_serves_matching_calls_and_runs_new_ones(recorded, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        yaml.safe_dump(
+            [
+                {"tool": "echo", "args": {"text": "new call"}},  # not recorded: runs for real
+                {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}},  # recorded as call 1
+                {"tool": "segment", "args": {"image": "img_0", "boxes": ["det_2_0"]}},  # recorded as det_1_0
+                {"final": "1 cup", "evidence": ["det_2_0", "mask_3_0"]},
+            ]
+        )
+    )
+    pool = ModelPool()
+    result = replay(recorded, planner=f"script:{plan}", tools=FAKE_TOOLS, pool=pool)
+    assert (result.served, result.ran) == (2, 1)
+    assert result.same, result.divergence  # the renumbered evidence maps back to the recorded ids
+    assert pool.stats()["models"] == []  # segment was served, so SAM never loaded
+    tools = result.answer.trace.tool_steps()
+    assert [s.tool for s in tools] == ["echo", "fake_find", "segment"]
+    assert tools[1].output["detections"][0]["id"] == "det_2_0"  # renumbered to the new call
+    assert tools[2].output["masks"][0]["id"] == "mask_3_0"
+
+
+def test_replan_to_a_different_answer_exits_1(recorded, tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump([{"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}}, {"final": "2 cups"}]))
+    assert main(["replay", str(recorded), "--planner", f"script:{plan}", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["replanned"] and data["answer"] == "2 cups" and data["recorded_answer"] == "1 cup"

@@ -1,0 +1,787 @@
+"""``detect`` and ``count``: open-vocabulary object detection (Grounding DINO; OWLv2).
+
+Backends (``models.detect.backend``):
+
+- ``transformers``: the architecture comes from the checkpoint's ``config.json`` ``model_type``:
+  ``grounding-dino`` -> ``GroundingDinoForObjectDetection`` + ``GroundingDinoProcessor``;
+  ``owlv2`` -> ``Owlv2ForObjectDetection`` + ``Owlv2Processor``.
+- ``official``: groundingdino-py. Checkpoint: a folder holding one ``.pth`` (``{"model":
+  state_dict}``, e.g. ``groundingdino_swint_ogc.pth``) and one config ``.py``
+  (``GroundingDINO_SwinT_OGC.py``), or a ``.pth`` file (config from ``options.config``, default:
+  the SwinT OGC config shipped with groundingdino). Built with groundingdino's own
+  ``SLConfig.fromfile`` + ``build_model`` + ``load_state_dict(clean_state_dict(...))``, as
+  ``groundingdino.util.inference.load_model`` does. Its BERT text encoder is read from
+  ``options.text_encoder`` (a local folder with a ``BertModel`` + tokenizer), else from the
+  config's ``text_encoder_type`` (a path relative to the config file, or a Hub id such as
+  ``bert-base-uncased`` that must be in the Hugging Face cache offline). transformers 5 needs
+  ``tools._gdino_compat``.
+
+Grounding DINO text: labels are cleaned (lowercase, single spaces, no ".") and joined into
+phrases ``"a cat. a remote control."``; a label list whose tokens exceed the model's text limit
+(``max_text_len``, 256) is split into several captions, all run in one batch on the same image.
+Each query is assigned to the label whose phrase tokens hold its highest probability; its score is
+that probability. A query is kept when score > ``box_threshold`` and score > ``text_threshold``.
+OWLv2 scores each label as a separate query (sigmoid of the class logit; ``text_threshold`` is not
+used). Boxes: [x0, y0, x1, y1] pixels of the original image, clipped to it. At most
+``options.max_detections`` (100) detections per call, best first.
+
+Options (``models.detect.options``): ``max_detections`` (100), ``max_text_len`` (lower the text
+limit per caption), official backend only: ``config`` (config .py), ``text_encoder`` (BERT
+folder), ``image_size`` / ``max_size`` (shorter / longer side of the resized image; default the
+config's ``image_size`` / ``max_size``, else 800 / 1333), ``weights_only`` (true).
+
+``count``: detection of one label, then non-maximum suppression (``torchvision.ops.nms``, IoU
+``nms_iou``), then the number of kept boxes.
+
+Tiny random checkpoints: ``tiny:grounding-dino`` (both backends) and ``tiny:owlv2``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from agent.errors import ToolError
+from tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
+from tools.models import register_loader, register_tiny
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+FAMILY = "detect"
+DEFAULT_BOX_THRESHOLD = 0.35
+DEFAULT_TEXT_THRESHOLD = 0.25
+DEFAULT_MAX_DETECTIONS = 100
+#: official Grounding DINO preprocessing (groundingdino.util.inference.load_image)
+OFFICIAL_SIZE = 800
+OFFICIAL_MAX_SIZE = 1333
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# -- labels and phrases ----------------------------------------------------------------------
+def clean_label(label: str) -> str:
+    """Lowercase, ``.`` removed, whitespace collapsed: ``" Red  Cup."`` -> ``"red cup"``."""
+    return " ".join(label.lower().replace(".", " ").split())
+
+
+def format_caption(labels: list[str]) -> str:
+    """Grounding DINO's text prompt: ``["a cat", "remote"]`` -> ``"a cat. remote."``."""
+    return " ".join(f"{clean_label(label)}." for label in labels)
+
+
+def _check_labels(labels: list[str]) -> list[str]:
+    if not labels:
+        raise ValueError("labels must not be empty: give at least one object name, e.g. ['cup']")
+    cleaned = []
+    for i, label in enumerate(labels):
+        c = clean_label(label)
+        if not c:
+            raise ValueError(f"labels[{i}] is empty")
+        if c not in cleaned:
+            cleaned.append(c)
+    return cleaned
+
+
+# -- input / output -------------------------------------------------------------------------
+class DetectInput(ToolInput):
+    """``image``: image id. ``labels``: object names to find (cleaned to lowercase; duplicates
+    dropped). Thresholds in [0, 1]."""
+
+    image: str = Field(description="image id, e.g. img_0")
+    labels: list[str] = Field(description="object names to find, e.g. ['cup', 'spoon']")
+    box_threshold: Prob = Field(default=DEFAULT_BOX_THRESHOLD, description="minimum box score")
+    text_threshold: Prob = Field(default=DEFAULT_TEXT_THRESHOLD, description="minimum label-token score")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return _check_labels(value)
+
+
+class Detection(Region):
+    """A detected object: ``label`` (one of the requested labels), ``box`` [x0, y0, x1, y1] pixels
+    of the original image, ``score`` in [0, 1]."""
+
+    label: str
+    score: float
+
+
+class DetectOutput(ToolOutput):
+    image: str
+    width: int
+    height: int
+    labels: list[str]
+    box_threshold: float
+    text_threshold: float
+    detections: list[Detection]
+
+    def observation(self) -> str:
+        n = len(self.detections)
+        head = (
+            f"{n} detection{'s' if n != 1 else ''} on {self.image} ({self.width}x{self.height}) for "
+            f"{', '.join(repr(lb) for lb in self.labels)} (box_threshold {self.box_threshold:g}, "
+            f"text_threshold {self.text_threshold:g})"
+        )
+        return clip_text(head + (": " + "; ".join(d.describe() for d in self.detections) if n else ""))
+
+
+class CountInput(ToolInput):
+    """``image``: image id. ``label``: the object to count. ``nms_iou``: boxes overlapping a
+    better one by more than this IoU are dropped before counting."""
+
+    image: str = Field(description="image id, e.g. img_0")
+    label: str = Field(description="object name to count, e.g. 'coin'")
+    box_threshold: Prob = Field(default=DEFAULT_BOX_THRESHOLD, description="minimum box score")
+    text_threshold: Prob = Field(default=DEFAULT_TEXT_THRESHOLD, description="minimum label-token score")
+    nms_iou: Prob = Field(default=0.5, description="IoU above which overlapping boxes count once")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        cleaned = clean_label(value)
+        if not cleaned:
+            raise ValueError("label must not be empty, e.g. 'cup'")
+        return cleaned
+
+
+class CountOutput(ToolOutput):
+    image: str
+    label: str
+    count: int
+    ids: list[str]
+    box_threshold: float
+    text_threshold: float
+    nms_iou: float
+    detections: list[Detection]
+
+    def observation(self) -> str:
+        head = (
+            f"counted {self.count} {self.label!r} on {self.image} (box_threshold {self.box_threshold:g}, "
+            f"text_threshold {self.text_threshold:g}, NMS IoU {self.nms_iou:g})"
+        )
+        return clip_text(head + (": " + ", ".join(self.ids) if self.ids else ""))
+
+
+# -- shared post-processing ------------------------------------------------------------------
+@dataclass
+class RawDetection:
+    """A detection before ids: ``box`` [x0, y0, x1, y1] original-image pixels."""
+
+    label: str
+    box: list[float]
+    score: float
+
+
+def cxcywh_to_xyxy_pixels(boxes: "torch.Tensor", width: int, height: int, scale: tuple[float, float] | None = None) -> "torch.Tensor":
+    """Normalized (cx, cy, w, h) boxes (N, 4) -> [x0, y0, x1, y1] pixels clipped to the image.
+    ``scale``: (sx, sy) pixels per normalized unit (default: the image's width and height)."""
+    import torch
+
+    sx, sy = scale if scale is not None else (float(width), float(height))
+    cx, cy, w, h = boxes.float().unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    xyxy = xyxy * torch.tensor([sx, sy, sx, sy], dtype=xyxy.dtype)
+    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+    return xyxy
+
+
+def assign_labels(
+    probs: "torch.Tensor",
+    spans: list[tuple[int, int]],
+    labels: list[str],
+    box_threshold: float,
+    text_threshold: float,
+) -> tuple["torch.Tensor", list[str], "torch.Tensor"]:
+    """Per query, the label whose token span [start, end) holds its highest probability.
+    ``probs``: (Q, T) token probabilities. Returns (kept query indices, labels, scores)."""
+    import torch
+
+    per_label = torch.stack([probs[:, s:e].max(dim=1).values for s, e in spans], dim=1)  # (Q, L)
+    scores, best = per_label.max(dim=1)
+    keep = torch.nonzero((scores > box_threshold) & (scores > text_threshold)).flatten()
+    return keep, [labels[int(best[i])] for i in keep], scores[keep]
+
+
+@dataclass
+class Chunk:
+    """One caption of a (possibly split) label list; ``spans``: token [start, end) per label."""
+
+    labels: list[str]
+    caption: str
+    spans: list[tuple[int, int]]
+    input_ids: list[int]
+
+
+def plan_chunks(tokenizer: Any, labels: list[str], max_len: int) -> list[Chunk]:
+    """Split ``labels`` into captions whose token count ([CLS] ... [SEP]) fits ``max_len``."""
+    dot = tokenizer.convert_tokens_to_ids(".")
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    chunks: list[Chunk] = []
+    current: list[str] = []
+    ids: list[int] = [cls_id]
+    spans: list[tuple[int, int]] = []
+
+    def close() -> None:
+        if current:
+            chunks.append(Chunk(list(current), format_caption(current), list(spans), ids + [sep_id]))
+
+    for label in labels:
+        toks = tokenizer(label, add_special_tokens=False)["input_ids"]
+        need = len(toks) + 1
+        if need + 2 > max_len:
+            raise ToolError(f"label {label!r} is {len(toks)} tokens long; the detector reads at most {max_len - 3}")
+        if len(ids) + need + 1 > max_len:
+            close()
+            current, ids, spans = [], [cls_id], []
+        spans.append((len(ids), len(ids) + len(toks)))
+        ids = ids + toks + [dot]
+        current.append(label)
+    close()
+    return chunks
+
+
+@dataclass
+class DetectorBundle:
+    """A loaded open-vocabulary detector. ``detect(image, labels, box_threshold, text_threshold)``
+    -> ``list[RawDetection]`` best first. ``kind``: ``grounding-dino`` or ``owlv2``; ``backend``:
+    ``transformers`` or ``official``; ``max_text_len``: text tokens per caption."""
+
+    backend: str
+    kind: str
+    model: Any
+    processor: Any = None  # transformers processor (None for official)
+    tokenizer: Any = None
+    device: str = "cpu"
+    dtype: Any = None
+    checkpoint: str = ""
+    max_text_len: int = 256
+    image_size: int = OFFICIAL_SIZE
+    max_size: int = OFFICIAL_MAX_SIZE
+    options: dict[str, Any] = field(default_factory=dict)
+    forwards: int = 0  # model forward passes (batches) so far
+
+    @property
+    def max_detections(self) -> int:
+        return int(self.options.get("max_detections", DEFAULT_MAX_DETECTIONS))
+
+    def detect(
+        self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float
+    ) -> list[RawDetection]:
+        import torch
+
+        image = image.convert("RGB")
+        with torch.inference_mode(), self._autocast():
+            if self.kind == "owlv2":
+                found = self._detect_owlv2(image, labels, box_threshold)
+            else:
+                found = self._detect_grounding(image, labels, box_threshold, text_threshold)
+        found.sort(key=lambda d: -d.score)
+        return found[: self.max_detections]
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.backend == "official" and self.dtype in (torch.float16, torch.bfloat16):
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    # -- Grounding DINO (both backends) ------------------------------------------------------
+    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """One batched forward of ``image`` with each caption. Returns (probs (B, Q, T) float32,
+        boxes (B, Q, 4) normalized cxcywh float32, input_ids (B, T') as the model tokenized them)."""
+        import torch
+
+        self.forwards += 1
+        if self.backend == "official":
+            pixels = self._official_pixels(image).to(self.device)
+            if self.dtype is not None and not self._autocast_active():
+                pixels = pixels.to(self.dtype)
+            batch = pixels[None].expand(len(captions), -1, -1, -1)
+            out = self.model(batch, captions=captions)
+            logits, boxes = out["pred_logits"], out["pred_boxes"]
+            input_ids = self.tokenizer(captions, padding="longest", return_tensors="pt")["input_ids"]
+        else:
+            inputs = self.processor(
+                images=[image] * len(captions), text=captions, padding="longest", return_tensors="pt"
+            )
+            moved = {
+                k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in inputs.items()
+            }
+            out = self.model(**moved)
+            logits, boxes = out.logits, out.pred_boxes
+            input_ids = inputs["input_ids"]
+        return logits.float().sigmoid().cpu(), boxes.float().cpu(), input_ids.cpu()
+
+    def _autocast_active(self) -> bool:
+        import torch
+
+        return self.backend == "official" and self.dtype in (torch.float16, torch.bfloat16)
+
+    def _official_pixels(self, image: "Image.Image") -> "torch.Tensor":
+        import groundingdino.datasets.transforms as T
+
+        transform = T.Compose(
+            [
+                T.RandomResize([self.image_size], max_size=self.max_size),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+        pixels, _ = transform(image, None)
+        return pixels
+
+    def _detect_grounding(
+        self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float
+    ) -> list[RawDetection]:
+        chunks = plan_chunks(self.tokenizer, labels, self.max_text_len)
+        probs, boxes, input_ids = self.grounding_forward(image, [c.caption for c in chunks])
+        width, height = image.size
+        found: list[RawDetection] = []
+        for b, chunk in enumerate(chunks):
+            got = input_ids[b, : len(chunk.input_ids)].tolist()
+            if got != chunk.input_ids:
+                raise ToolError(
+                    f"detect: the tokenizer of {self.checkpoint} split {chunk.caption!r} unexpectedly; "
+                    "it needs a BERT-style tokenizer"
+                )
+            keep, names, scores = assign_labels(probs[b], chunk.spans, chunk.labels, box_threshold, text_threshold)
+            xyxy = cxcywh_to_xyxy_pixels(boxes[b][keep], width, height)
+            for name, score, box in zip(names, scores.tolist(), xyxy.tolist()):
+                found.append(RawDetection(name, [round(v, 2) for v in box], float(score)))
+        return found
+
+    # -- OWLv2 -------------------------------------------------------------------------------
+    def _detect_owlv2(self, image: "Image.Image", labels: list[str], box_threshold: float) -> list[RawDetection]:
+        self.forwards += 1
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        inputs = self.processor(
+            text=[labels], images=image, return_tensors="pt", padding="max_length", truncation=True, max_length=max_len
+        )
+        moved = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()
+        }
+        out = self.model(**moved)
+        probs = out.logits[0].float().sigmoid().cpu()  # (patches, labels)
+        scores, best = probs.max(dim=1)
+        keep = (scores > box_threshold).nonzero().flatten()
+        width, height = image.size
+        side = float(max(width, height))  # OWLv2 pads the image to a square (bottom / right)
+        xyxy = cxcywh_to_xyxy_pixels(out.pred_boxes[0].float().cpu()[keep], width, height, scale=(side, side))
+        return [
+            RawDetection(labels[int(best[i])], [round(v, 2) for v in box], float(scores[i]))
+            for i, box in zip(keep.tolist(), xyxy.tolist())
+        ]
+
+
+# -- loaders ---------------------------------------------------------------------------------
+@register_loader(FAMILY, "transformers")
+def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> DetectorBundle:
+    """Load a transformers Grounding DINO / OWLv2 checkpoint (Hub id or folder); the architecture
+    comes from the checkpoint's ``config.json`` ``model_type``."""
+    from transformers import AutoConfig, AutoProcessor
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    kind = config.model_type
+    if kind == "grounding-dino":
+        from transformers import GroundingDinoForObjectDetection as model_cls
+    elif kind == "owlv2":
+        from transformers import Owlv2ForObjectDetection as model_cls
+    else:
+        raise ToolError(f"detect checkpoint {checkpoint} has model_type '{kind}'; supported: grounding-dino, owlv2")
+    model = model_cls.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    max_text_len = _text_limit(int(getattr(config, "max_text_len", 256)), options)
+    return DetectorBundle(
+        "transformers", kind, model, processor, processor.tokenizer, device, dtype, checkpoint, max_text_len,
+        options=dict(options),
+    )
+
+
+def _text_limit(model_limit: int, options: dict[str, Any]) -> int:
+    """Text tokens per caption: the model's limit, or ``options.max_text_len`` if lower."""
+    chosen = int(options.get("max_text_len", model_limit))
+    if chosen < 4:
+        raise ToolError(f"models.detect.options.max_text_len must be at least 4, got {chosen}")
+    return min(model_limit, chosen)
+
+
+def _official_files(checkpoint: str, options: dict[str, Any]) -> tuple[Path, Path]:
+    path = Path(checkpoint)
+    config = Path(options["config"]).expanduser() if options.get("config") else None
+    if path.is_dir():
+        weights = sorted(path.glob("*.pth"))
+        if len(weights) != 1:
+            raise ToolError(f"detect checkpoint folder {path} must hold exactly one .pth file, found {len(weights)}")
+        if config is None:
+            configs = sorted(path.glob("*.py"))
+            if len(configs) != 1:
+                raise ToolError(
+                    f"detect checkpoint folder {path} must hold exactly one config .py file "
+                    f"(found {len(configs)}), or set models.detect.options.config"
+                )
+            config = configs[0]
+        path = weights[0]
+    elif not path.is_file():
+        raise ToolError(f"detect checkpoint {checkpoint} is not a .pth file or a folder holding one")
+    if config is None:
+        import groundingdino
+
+        config = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
+    if not config.is_file():
+        raise ToolError(f"Grounding DINO config not found: {config}")
+    return path, config
+
+
+def _text_encoder(args: Any, config_file: Path, options: dict[str, Any]) -> str:
+    chosen = options.get("text_encoder")
+    if chosen:
+        folder = Path(chosen).expanduser()
+        if not folder.is_dir():
+            raise ToolError(f"models.detect.options.text_encoder: no such folder {folder}")
+        return str(folder.resolve())
+    name = str(args.text_encoder_type)
+    relative = config_file.parent / name
+    if not Path(name).is_absolute() and relative.is_dir():
+        return str(relative.resolve())
+    if Path(name).is_dir():
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not in the local cache
+        raise ToolError(
+            f"Grounding DINO text encoder '{name}' is not available offline: set "
+            "models.detect.options.text_encoder to a local BERT folder (model + tokenizer)"
+        ) from None
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """groundingdino prints while it builds; send that to the log so stdout stays clean (the
+    CLI's ``--json`` prints exactly one JSON object there)."""
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        yield
+    for line in buffer.getvalue().splitlines():
+        log.debug("groundingdino: %s", line)
+
+
+@register_loader(FAMILY, "official")
+def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> DetectorBundle:
+    """Load an official Grounding DINO checkpoint with groundingdino's own builder."""
+    import torch
+    from groundingdino.models import build_model
+    from groundingdino.util.misc import clean_state_dict
+    from groundingdino.util.slconfig import SLConfig
+
+    from tools._gdino_compat import install
+
+    install()
+    weights, config_file = _official_files(checkpoint, options)
+    args = SLConfig.fromfile(str(config_file))
+    args.device = device
+    args.text_encoder_type = _text_encoder(args, config_file, options)
+    with _quiet():
+        model = build_model(args)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=bool(options.get("weights_only", True)))
+    except pickle.UnpicklingError as exc:
+        raise ToolError(
+            f"{weights} holds more than tensors ({str(exc).splitlines()[0]}); if you trust the file, set "
+            "models.detect.options.weights_only: false"
+        ) from None
+    state = state.get("model", state)
+    result = model.load_state_dict(clean_state_dict(state), strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("bert.")]
+    if missing:
+        log.warning("%s: %d weights missing from the checkpoint (e.g. %s)", weights, len(missing), missing[0])
+    if result.unexpected_keys:
+        log.warning("%s: %d unexpected weights (e.g. %s)", weights, len(result.unexpected_keys), result.unexpected_keys[0])
+    model = model.to(device).eval()
+    get = args._cfg_dict.get if hasattr(args, "_cfg_dict") else (lambda k, d=None: getattr(args, k, d))
+    image_size = int(options.get("image_size", get("image_size", OFFICIAL_SIZE)))
+    max_size = int(options.get("max_size", get("max_size", OFFICIAL_MAX_SIZE)))
+    return DetectorBundle(
+        "official",
+        "grounding-dino",
+        model,
+        None,
+        model.tokenizer,
+        device,
+        dtype,
+        str(weights),
+        _text_limit(int(args.max_text_len), options),
+        image_size,
+        max_size,
+        dict(options),
+    )
+
+
+# -- tools -----------------------------------------------------------------------------------
+def _regions(ctx: Any, image: str, found: list[RawDetection]) -> list[Detection]:
+    return [
+        Detection(id=ctx.region_id("det", i), image=image, box=d.box, score=round(d.score, 4), label=d.label)
+        for i, d in enumerate(found)
+    ]
+
+
+class Detect(Tool):
+    name = "detect"
+    description = (
+        "Find objects named by text labels in an image; returns boxes with ids (det_N_i), labels and scores. "
+        "Lower box_threshold to find more, raise it to keep only confident boxes."
+    )
+    Input = DetectInput
+    Output = DetectOutput
+    families = (FAMILY,)
+
+    def run(self, inp: DetectInput, ctx: Any) -> DetectOutput:  # noqa: D102
+        image = ctx.image(inp.image)
+        with ctx.model(FAMILY) as bundle:
+            found = bundle.detect(image, inp.labels, inp.box_threshold, inp.text_threshold)
+        return DetectOutput(
+            image=inp.image,
+            width=image.width,
+            height=image.height,
+            labels=inp.labels,
+            box_threshold=inp.box_threshold,
+            text_threshold=inp.text_threshold,
+            detections=_regions(ctx, inp.image, found),
+        )
+
+
+def nms_keep(found: list[RawDetection], iou: float) -> list[RawDetection]:
+    """Non-maximum suppression (torchvision.ops.nms): the kept detections, best first."""
+    import torch
+    from torchvision.ops import nms
+
+    if not found:
+        return []
+    boxes = torch.tensor([d.box for d in found], dtype=torch.float32)
+    scores = torch.tensor([d.score for d in found], dtype=torch.float32)
+    keep = nms(boxes, scores, float(iou))
+    return [found[int(i)] for i in keep]
+
+
+class Count(Tool):
+    name = "count"
+    description = (
+        "Count the objects of one label in an image: detection, then non-maximum suppression, then the count; "
+        "returns the count and the ids of the counted boxes."
+    )
+    Input = CountInput
+    Output = CountOutput
+    families = (FAMILY,)
+
+    def run(self, inp: CountInput, ctx: Any) -> CountOutput:  # noqa: D102
+        if math.isnan(inp.nms_iou):  # pragma: no cover - Prob rejects NaN already
+            raise ToolError("nms_iou must be a number")
+        image = ctx.image(inp.image)
+        with ctx.model(FAMILY) as bundle:
+            found = bundle.detect(image, [inp.label], inp.box_threshold, inp.text_threshold)
+        kept = nms_keep(found, inp.nms_iou)
+        detections = _regions(ctx, inp.image, kept)
+        return CountOutput(
+            image=inp.image,
+            label=inp.label,
+            count=len(detections),
+            ids=[d.id for d in detections],
+            box_threshold=inp.box_threshold,
+            text_threshold=inp.text_threshold,
+            nms_iou=inp.nms_iou,
+            detections=detections,
+        )
+
+
+# -- tiny random checkpoints -----------------------------------------------------------------
+TINY_QUERIES = 20
+TINY_OFFICIAL_SIZE = 160
+TINY_OFFICIAL_MAX_SIZE = 320
+#: official tiny architecture: groundingdino's SwinT OGC config with a small transformer
+#: (groundingdino hardcodes a 256-wide text position embedding, so hidden_dim stays 256)
+TINY_OFFICIAL_OVERRIDES: dict[str, Any] = {
+    "enc_layers": 1,
+    "dec_layers": 2,
+    "dim_feedforward": 64,
+    "nheads": 2,
+    "num_queries": TINY_QUERIES,
+    "enc_n_points": 2,
+    "dec_n_points": 2,
+    "use_checkpoint": False,
+    "use_transformer_ckpt": False,
+    "text_encoder_type": "text_encoder",
+}
+
+
+def _tiny_bert(folder: Path) -> Any:
+    """A tiny random ``BertModel`` + ``BertTokenizer`` saved in ``folder``; returns the tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from tools.caption import tiny_bert_tokenizer
+
+    tok = tiny_bert_tokenizer()
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=260,
+        )
+    ).eval()
+    bert.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok
+
+
+@register_tiny("grounding-dino")
+def build_tiny_grounding_dino(folder: Path) -> None:
+    """Tiny random ``GroundingDinoForObjectDetection`` (Swin backbone, BERT text encoder) +
+    ``GroundingDinoProcessor`` (160-320 px)."""
+    import torch
+    from transformers import (
+        BertConfig,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    from tools.caption import tiny_bert_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_bert_tokenizer()
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            image_size=64,
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=4,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=260,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,  # >= 2: one layer with a shared bbox embed fails on tie_weights
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        num_queries=TINY_QUERIES,
+    )
+    model = GroundingDinoForObjectDetection(config).eval()
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(
+            size={"shortest_edge": TINY_OFFICIAL_SIZE, "longest_edge": TINY_OFFICIAL_MAX_SIZE}
+        ),
+        tokenizer=tok,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+@register_tiny("grounding-dino", backend="official")
+def build_tiny_grounding_dino_official(folder: Path) -> None:
+    """Tiny random official Grounding DINO, built with groundingdino's ``build_model`` from a
+    config derived from its ``GroundingDINO_SwinT_OGC.py``; writes ``groundingdino_tiny.pth``
+    (``{"model": state_dict}``, the official format), ``GroundingDINO_tiny.py`` and a tiny BERT in
+    ``text_encoder/``."""
+    import groundingdino
+    import torch
+    from groundingdino.models import build_model
+    from groundingdino.util.slconfig import SLConfig
+
+    from tools._gdino_compat import install
+
+    install()
+    torch.manual_seed(0)
+    _tiny_bert(folder / "text_encoder")
+    source = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
+    overrides = dict(TINY_OFFICIAL_OVERRIDES, image_size=TINY_OFFICIAL_SIZE, max_size=TINY_OFFICIAL_MAX_SIZE)
+    lines = []
+    for line in source.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and key in overrides:
+            line = f"{key} = {overrides.pop(key)!r}"
+        lines.append(line)
+    lines += [f"{key} = {value!r}" for key, value in overrides.items()]
+    config_file = folder / "GroundingDINO_tiny.py"
+    config_file.write_text("\n".join(lines) + "\n")
+    args = SLConfig.fromfile(str(config_file))
+    args.device = "cpu"
+    args.text_encoder_type = str(folder / "text_encoder")
+    with _quiet():
+        model = build_model(args).eval()
+    torch.save({"model": model.state_dict()}, folder / "groundingdino_tiny.pth")
+
+
+def tiny_clip_tokenizer() -> Any:
+    """A character-level ``CLIPTokenizer`` (byte alphabet, no merges)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    tokens = ["!", *[c for c in chars if c != "!"], *[c + "</w>" for c in chars], "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], pad_token="!")
+
+
+@register_tiny("owlv2")
+def build_tiny_owlv2(folder: Path) -> None:
+    """Tiny random ``Owlv2ForObjectDetection`` + ``Owlv2Processor`` (64 px, character-level CLIP
+    tokenizer)."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(0)
+    tok = tiny_clip_tokenizer()
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok)
+    config = Owlv2Config(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16
+        ),
+        projection_dim=32,
+    )
+    model = Owlv2ForObjectDetection(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
