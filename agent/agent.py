@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -381,6 +382,7 @@ class Agent:
         self._planner: Planner | None = None if isinstance(planner, (str, type(None))) else planner
         self.final_checks: list[FinalCheck] = list(final_checks)
         self._executor: futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -400,7 +402,9 @@ class Agent:
     @property
     def planner(self) -> Planner:
         if self._planner is None:
-            self._planner = make_planner(self._planner_spec, self.config, pool=self.pool)
+            with self._lock:
+                if self._planner is None:
+                    self._planner = make_planner(self._planner_spec, self.config, pool=self.pool)
         return self._planner
 
     def _run_planner(self, planner: Planner | str | None) -> Planner:
@@ -454,7 +458,9 @@ class Agent:
         if not timeout:
             return tool.run(inp, ctx)
         if self._executor is None:
-            self._executor = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="visagent-tool")
+            with self._lock:
+                if self._executor is None:
+                    self._executor = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="visagent-tool")
         return self._executor.submit(tool.run, inp, ctx).result(timeout=timeout)
 
     # -- asyncio -----------------------------------------------------------------------------

@@ -152,17 +152,17 @@ def bench_gallery(checkpoint: str, device: str, gallery: Path, index_root: Path,
     n = len(list(gallery.iterdir()))
     with ctx.model("search") as bundle:
         sync = _sync(device)
-        GalleryIndex(gallery, "warm", index_root / "warm").refresh(bundle.embed_images, bundle.batch_size)
+        GalleryIndex(gallery, "warm", index_root / "warm").refresh(bundle.embed_images, bundle.batch_size, workers=bundle.workers)
         results = {}
         for label, batch in (("batched", bundle.batch_size), ("one_by_one", 1)):
             index = GalleryIndex(gallery, f"{checkpoint}|{label}", index_root / label)
             t0 = time.perf_counter()
-            upd = index.refresh(bundle.embed_images, batch)
+            upd = index.refresh(bundle.embed_images, batch, workers=bundle.workers)
             sync()
             results[label] = time.perf_counter() - t0
             assert upd.embedded == n
         t0 = time.perf_counter()
-        upd = index.refresh(bundle.embed_images, bundle.batch_size)
+        upd = index.refresh(bundle.embed_images, bundle.batch_size, workers=bundle.workers)
         reuse = time.perf_counter() - t0
         assert upd.embedded == 0
         batch_size = bundle.batch_size

@@ -11,8 +11,8 @@ Gallery index: ``search`` over a folder embeds its images once. The index is an 
 its embedding, and each path to (size, mtime, SHA-256) so unchanged files are not even re-read.
 Later searches reuse it and update it incrementally: new and changed files are embedded, removed
 files dropped. Images are decoded by a small thread pool one batch ahead of the model, embedded in
-batches (``options.batch_size``, default 64 on a GPU, 16 on the CPU), with progress reported per
-batch. Files are recognized as images by content (magic bytes), not by extension.
+batches (``options.batch_size``, default 64 on a GPU, 16 on the CPU; ``options.workers`` decoding
+threads, default min(8, CPUs)), with progress reported per batch. Files are recognized as images by content (magic bytes), not by extension.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class DualEncoder:
     batch_size: int
     logit_scale: float
     logit_bias: float = 0.0
+    workers: int = 4
     calls: dict[str, int] = field(default_factory=lambda: {"images": 0, "texts": 0})
 
     def _features(self, out: Any) -> Any:
@@ -110,7 +111,8 @@ def load_dual_encoder(checkpoint: str, device: str, dtype: Any, options: dict[st
     scale = float(model.logit_scale.detach().float().exp().reshape(-1)[0]) if hasattr(model, "logit_scale") else 100.0
     bias = float(model.logit_bias.detach().float().reshape(-1)[0]) if getattr(model, "logit_bias", None) is not None else 0.0
     batch = int(options.get("batch_size", 64 if device.startswith("cuda") else 16))
-    return DualEncoder(model, processor, model_type, device, max(batch, 1), scale, bias)
+    workers = int(options.get("workers", min(8, os.cpu_count() or 1)))
+    return DualEncoder(model, processor, model_type, device, max(batch, 1), scale, bias, max(workers, 1))
 
 
 def _tiny_sizes() -> tuple[dict[str, Any], int]:
@@ -474,7 +476,7 @@ class Search(Tool):
             if input.gallery:
                 folder = Path(os.path.expanduser(input.gallery))
                 index = GalleryIndex(folder, key, ctx.config.cache_path / "search-index")
-                upd = index.refresh(bundle.embed_images, bundle.batch_size, ctx.progress)
+                upd = index.refresh(bundle.embed_images, bundle.batch_size, ctx.progress, bundle.workers)
                 ctx.cache["gallery_index"] = "miss" if upd.created else ("hit" if upd.embedded == 0 else "updated")
                 if not upd.paths:
                     raise ToolError(f"gallery {folder} holds no readable images")
