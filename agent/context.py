@@ -38,7 +38,9 @@ class Models:
         mc = self.config.model(family)
         device = resolve_device(mc.device or self.config.device)
         dtype = resolve_dtype(mc.dtype or self.config.dtype, device)
-        return ModelKey(family, mc.checkpoint, device, dtype), mc.backend, mc.checkpoint
+        # the same tiny name serves both backends: the backend is part of what identifies the model
+        ckpt_key = mc.checkpoint if mc.backend == "transformers" else f"{mc.checkpoint}@{mc.backend}"
+        return ModelKey(family, ckpt_key, device, dtype), mc.backend, mc.checkpoint
 
     def resolve(self, family: str) -> str:
         from agent.checkpoints import resolve_checkpoint

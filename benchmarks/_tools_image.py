@@ -21,6 +21,7 @@ import os
 import statistics
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ def run(device: str = "cpu", repeats: int = 5) -> list[dict[str, Any]]:
 
     rows = []
     for tool, family, checkpoint, backend, args in CASES:
+        if backend == "official" and find_spec("groundingdino") is None:
+            rows.append({"tool": tool, "backend": backend, "checkpoint": checkpoint, "device": device,
+                         "skipped": "groundingdino-py is not installed"})  # fmt: skip
+            continue
         ensure_tiny(checkpoint.split(":", 1)[1], backend, Path(cache_dir))
         b = _Bench(tool, family, checkpoint, backend, device, cache_dir)
         first = b.call(**args)

@@ -10,7 +10,7 @@ Per backend (``transformers`` SamModel, ``official`` segment-anything SamPredict
   ``one_by_one_ms``: 16 calls with one box each, cached embedding; ``batch_ratio`` =
   one_by_one / batched (target >= 3).
 
-Checkpoints: ``tiny:sam`` always; with ``full=True`` (default on CUDA) also the real ViT-B
+Checkpoints: ``tiny:sam`` (both backends) and ``tiny:sam2`` (transformers) always; with ``full=True`` (default on CUDA) also the real ViT-B
 architecture with random weights (transformers ``SamConfig()`` and the official ``vit_b``), saved
 and loaded through the same loaders as a downloaded checkpoint.
 
@@ -38,6 +38,8 @@ from tools.segment import Segment, SegmentInput
 log = logging.getLogger(__name__)
 
 BACKENDS = ("transformers", "official")
+#: tiny checkpoints measured: (backend, checkpoint)
+TINY = (("transformers", "tiny:sam"), ("official", "tiny:sam"), ("transformers", "tiny:sam2"))
 N_BOXES = 16
 IMAGE = "sample:coffee"
 BOX = [150.0, 40.0, 450.0, 380.0]
@@ -129,7 +131,7 @@ def run(device: str = "cpu", repeats: int = 5, full: bool | None = None) -> list
     """Rows of measurements (one per backend and checkpoint); see the module docstring."""
     cache_dir = os.environ.get("VISAGENT_CACHE_DIR") or tempfile.mkdtemp(prefix="visagent-bench-")
     full = device.startswith("cuda") if full is None else full
-    rows = [bench_backend(backend, "tiny:sam", device, repeats, cache_dir) for backend in BACKENDS]
+    rows = [bench_backend(backend, checkpoint, device, repeats, cache_dir) for backend, checkpoint in TINY]
     if full:
         with tempfile.TemporaryDirectory(prefix="visagent-sam-full-") as tmp:
             checkpoints = _full_checkpoints(Path(tmp))

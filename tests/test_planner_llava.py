@@ -33,10 +33,10 @@ class ZoomIn(ToolInput):
 
 
 class ZoomOut(ToolOutput):
-    regions: list[Region]
+    zooms: list[Region]
 
     def observation(self) -> str:
-        return "zoomed: " + "; ".join(r.describe() for r in self.regions)
+        return "zoomed: " + "; ".join(r.describe() for r in self.zooms)
 
 
 class Zoom(Tool):
@@ -47,7 +47,7 @@ class Zoom(Tool):
 
     def run(self, inp: ZoomIn, ctx: Any) -> ZoomOut:
         w, h = ctx.image(inp.image).size
-        return ZoomOut(regions=[Region(id=ctx.region_id("det", i), image=inp.image, box=[0, 0, w, h]) for i in range(len(inp.crops))])
+        return ZoomOut(zooms=[Region(id=ctx.region_id("det", i), image=inp.image, box=[0, 0, w, h]) for i in range(len(inp.crops))])
 
 
 TOOLS = [*FAKE_TOOLS, Zoom]

@@ -363,22 +363,30 @@ def _cli(tmp_path: Path, plan: list[dict[str, Any]], backend: str) -> dict[str, 
 
 
 def test_cli_scripted_segment_run(backend: str, tmp_path: Path) -> None:
-    plan: list[dict[str, Any]] = []
-    if HAS_DETECT:
-        plan.append({"tool": "detect", "args": {"image": "img_0", "labels": ["cup"]}})
-        plan.append({"tool": "count", "args": {"image": "img_0", "label": "cup"}})
+    """detect -> count -> segment(boxes=[det ids]) -> segment again, through `python -m agent.cli`."""
+    if HAS_DETECT:  # threshold 0: the tiny random detector always returns boxes
+        zero = {"box_threshold": 0.0, "text_threshold": 0.0}
+        plan: list[dict[str, Any]] = [
+            {"tool": "detect", "args": {"image": "img_0", "labels": ["cup"], **zero}},
+            {"tool": "count", "args": {"image": "img_0", "label": "cup", **zero}},
+        ]
+        first_boxes: list[Any] = ["det_1_0", "det_1_1"]
+    else:
+        plan, first_boxes = [], [[150, 40, 450, 380], [10, 10, 100, 100]]
+    n = len(plan) + 1  # call number of the first segment
     plan += [
-        {"tool": "segment", "args": {"image": "img_0", "boxes": [[150, 40, 450, 380]]}},
-        {"tool": "segment", "args": {"image": "img_0", "boxes": [], "points": [[300, 200]]}},
+        {"tool": "segment", "args": {"image": "img_0", "boxes": first_boxes}},
+        {"tool": "segment", "args": {"image": "img_0", "boxes": [f"mask_{n}_0"], "points": [[300, 200]]}},
+        {"final": "a cup", "evidence": [f"mask_{n}_1", f"mask_{n + 1}_0"]},
     ]
-    n = len(plan) - 1  # call number of the first segment
-    plan[-1]["args"]["boxes"] = [f"mask_{n}_0"]
-    plan.append({"final": "a cup", "evidence": [f"mask_{n + 1}_0"]})
     result = _cli(tmp_path, plan, backend)
-    assert result["status"] == "answered"
-    assert result["evidence"][0]["id"] == f"mask_{n + 1}_0"
-    region = result["evidence"][0]["region"]
-    assert region["rle"]["size"] == [400, 600] and region["source"] == f"mask_{n}_0"
+    assert result["status"] == "answered", result.get("error")
+    assert [e["id"] for e in result["evidence"]] == [f"mask_{n}_1", f"mask_{n + 1}_0"]
+    first, second = (e["region"] for e in result["evidence"])
+    assert first["rle"]["size"] == second["rle"]["size"] == [400, 600]
+    assert second["source"] == f"mask_{n}_0"
+    if HAS_DETECT:
+        assert first["source"] == "det_1_1" and first["label"] == "cup"
     seg = [s for s in result["trace"]["steps"] if s.get("type") == "tool" and s["tool"] == "segment"]
     assert [s["cache"] for s in seg] == [{"sam_image_embedding": "miss"}, {"sam_image_embedding": "hit"}]
     assert [s for s in result["trace"]["steps"] if s.get("type") == "error"] == []

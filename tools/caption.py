@@ -280,7 +280,7 @@ def _blip_config(processor: Any) -> Any:
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=512,
         bos_token_id=tok.convert_tokens_to_ids("[DEC]"),
         pad_token_id=tok.pad_token_id,
         sep_token_id=tok.sep_token_id,
@@ -330,7 +330,7 @@ def _tiny_opt(tok: Any) -> dict[str, Any]:
         ffn_dim=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=512,
         word_embed_proj_dim=32,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -345,7 +345,7 @@ def _tiny_qformer(**extra: Any) -> dict[str, Any]:
         num_attention_heads=2,
         intermediate_size=64,
         encoder_hidden_size=32,
-        max_position_embeddings=64,
+        max_position_embeddings=512,
     )
     cfg.update(extra)
     return cfg
@@ -427,7 +427,7 @@ def build_tiny_git(folder: Path) -> None:
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=512,
         bos_token_id=tok.cls_token_id,
         eos_token_id=tok.sep_token_id,
         pad_token_id=tok.pad_token_id,

@@ -466,8 +466,6 @@ class Search(Tool):
     families = (FAMILY,)
 
     def run(self, input: SearchInput, ctx: Any) -> SearchOutput:  # noqa: A002
-        import numpy as np
-
         if input.gallery and input.images:
             raise ToolError("give either images or gallery, not both")
         with ctx.model(FAMILY) as bundle:
