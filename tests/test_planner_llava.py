@@ -50,7 +50,8 @@ class Zoom(Tool):
         return ZoomOut(zooms=[Region(id=ctx.region_id("det", i), image=inp.image, box=[0, 0, w, h]) for i in range(len(inp.crops))])
 
 
-TOOLS = [*FAKE_TOOLS, Zoom]
+# echo is left out: its `sleep` argument would let a random model stall the run
+TOOLS = [t for t in FAKE_TOOLS if t.name != "echo"] + [Zoom]
 QUESTIONS = ["How many cups are there?", "Where is the spoon?", "Zoom into the saucer and describe it."]
 
 
@@ -62,7 +63,7 @@ def _check_run(answer: Any, tools: dict[str, type[Tool]], max_steps: int) -> int
     """Every planner step of the run is a schema-valid action; returns the number of steps."""
     planner_steps = [s for s in answer.trace.steps if isinstance(s, PlannerStep)]
     assert planner_steps, "the planner made no step"
-    assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source in ("planner", "args", "tool")]
+    assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source in ("planner", "args")]
     known: list[str] = []
     for step in answer.trace.steps:
         if isinstance(step, PlannerStep):
@@ -144,8 +145,8 @@ def test_action_schema_bounds_and_ids() -> None:
     tools = {t.name: t for t in TOOLS}
     schema = action_schema(tools, known_ids=["det_1_0", "obs_1"], media={"image": ["img_0", "img_1"]})
     options = schema["anyOf"]
-    assert [o["properties"].get("tool", {}).get("const") for o in options] == ["fake_find", "echo", "noop", "zoom", None]
-    zoom = options[3]["properties"]["args"]
+    assert [o["properties"].get("tool", {}).get("const") for o in options] == ["fake_find", "noop", "zoom", None]
+    zoom = options[2]["properties"]["args"]
     assert zoom["properties"]["image"] == {"enum": ["img_0", "img_1"]}
     assert zoom["properties"]["crops"]["items"]["properties"]["pad"]["maximum"] == 50  # $ref inlined
     assert zoom["properties"]["mode"]["enum"] == ["fast", "best"]
@@ -159,6 +160,10 @@ def test_action_schema_bounds_and_ids() -> None:
     assert validate_action({"thought": "", "final": "y", "evidence": ["det_9_9"]}, schema)
     no_ids = action_schema({}, known_ids=[])
     assert no_ids["properties"]["evidence"]["maxItems"] == 0
+    many = action_schema({}, known_ids=[f"det_1_{i}" for i in range(500)])
+    assert "pattern" in many["properties"]["evidence"]["items"]  # too many to list: the id shape
+    assert validate_action({"thought": "", "final": "y", "evidence": ["det_1_499"]}, many) == []
+    assert validate_action({"thought": "", "final": "y", "evidence": ["img_0"]}, many)
 
 
 def test_known_ids_from_steps_and_history(make_agent: Any) -> None:

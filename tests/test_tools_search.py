@@ -277,3 +277,21 @@ def test_cli_scripted_gallery_search(gallery: Path, tmp_path: Path) -> None:
     assert [h["image"] for h in hits[:3]] == ["img_1", "img_2", "img_3"]  # img_0 is the coffee input
     assert search["output"]["embedded"] + search["output"]["reused"] == 5
     assert not [s for s in result["trace"]["steps"] if s.get("type") == "error"]
+
+
+# -- GPU -------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_scores_match_cpu(dtype: str, gallery: Path) -> None:
+    cpu = _ctx(_config(), ModelPool(), *(f"sample:{s}" for s in SAMPLES))
+    cuda_config = load_config(
+        profile="tiny", overrides={"device": "cuda", "dtype": dtype, "models": {"search": {"checkpoint": "tiny:clip"}}},
+        environ={"VISAGENT_CACHE_DIR": os.environ["VISAGENT_CACHE_DIR"]},
+    )  # fmt: skip
+    gpu = _ctx(cuda_config, ModelPool(), *(f"sample:{s}" for s in SAMPLES))
+    a = {h.image: h.score for h in Search().run(SearchInput(query="a horse"), cpu).results}
+    b = {h.image: h.score for h in Search().run(SearchInput(query="a horse"), gpu).results}
+    assert gpu.model_key("search").device == "cuda" and sorted(a) == sorted(b)
+    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], atol=3e-2)
+    out = Search().run(SearchInput(query="a horse", gallery=str(gallery), top_k=100), gpu)
+    assert out.embedded == 5 and sorted(h.path for h in out.results) == sorted(str(p) for p in scan_gallery(gallery))

@@ -362,7 +362,8 @@ def _cli(tmp_path: Path, plan: list[dict[str, Any]], backend: str) -> dict[str, 
     return json.loads(proc.stdout)
 
 
-def test_cli_scripted_segment_run(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["transformers", "official"])
+def test_cli_scripted_segment_run(variant: str, tmp_path: Path) -> None:
     """detect -> count -> segment(boxes=[det ids]) -> segment again, through `python -m agent.cli`."""
     if HAS_DETECT:  # threshold 0: the tiny random detector always returns boxes
         zero = {"box_threshold": 0.0, "text_threshold": 0.0}
@@ -379,7 +380,7 @@ def test_cli_scripted_segment_run(backend: str, tmp_path: Path) -> None:
         {"tool": "segment", "args": {"image": "img_0", "boxes": [f"mask_{n}_0"], "points": [[300, 200]]}},
         {"final": "a cup", "evidence": [f"mask_{n}_1", f"mask_{n + 1}_0"]},
     ]
-    result = _cli(tmp_path, plan, backend)
+    result = _cli(tmp_path, plan, variant)
     assert result["status"] == "answered", result.get("error")
     assert [e["id"] for e in result["evidence"]] == [f"mask_{n}_1", f"mask_{n + 1}_0"]
     first, second = (e["region"] for e in result["evidence"])

@@ -301,3 +301,19 @@ def test_cli_corrupt_video_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("note:")]
     assert len(lines) == 1 and "corrupt or unreadable" in lines[0] and "bad.mp4" in lines[0]
+
+
+@pytest.mark.gpu
+def test_video_qa_on_cuda(videos: dict[str, Path]) -> None:
+    config = load_config(
+        profile="tiny", overrides={"device": "cuda", "dtype": "bfloat16", "models": {"video": {"checkpoint": "tiny:video-llava"}}},
+        environ={"VISAGENT_CACHE_DIR": os.environ["VISAGENT_CACHE_DIR"]},
+    )  # fmt: skip
+    store = MediaStore()
+    store.add(str(videos["vfr"]))
+    ctx = RunContext(config, ModelPool(), store)
+    ctx.begin_call()
+    out = VideoQA().run(VideoQAInput(video="vid_0", question="what happens?"), ctx)
+    assert ctx.model_key("video").device == "cuda" and out.frames_fed == 8 and isinstance(out.answer, str)
+    with ctx.model("video") as bundle:
+        assert next(bundle.model.parameters()).device.type == "cuda"

@@ -201,10 +201,7 @@ def read_frames_at(path: str, times: list[float]) -> list[Frame]:
     out: list[Frame] = []
     try:
         stream = container.streams.video[0]
-        # frame threading restarts its pipeline after every seek: single-threaded decoding is faster
-        # for seek-and-decode-a-few on ordinary sizes; large frames still get all threads
-        large = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) > 1920 * 1080
-        stream.thread_type = "AUTO" if large else "NONE"
+        stream.thread_type = "AUTO"  # frame + slice threads (measured faster than one thread on 16 cores)
         tb = stream.time_base
         step = 1 / float(stream.average_rate) if stream.average_rate else 0.04
         frames_iter = None

@@ -11,7 +11,8 @@ bounded so that a generation always ends within the token budget:
   of any character but control characters (``charset="unicode"``);
 - arrays: at most ``limits.array_items`` items (or the schema's own ``maxItems``);
 - numbers without bounds: within +-``limits.number_bound``;
-- fields named ``image`` / ``video`` hold one of the run's media ids; evidence holds known ids.
+- fields named ``image`` / ``video`` hold one of the run's media ids; evidence holds known ids
+  (up to ``enum_ids`` of them listed exactly; beyond that, any id of the right shape).
 
 Decoding is enforced with xgrammar (``GrammarCompiler.compile_json_schema`` and its transformers
 ``LogitsProcessor``): it compiles JSON schemas (anyOf, const, enum, min/max for numbers, lengths,
@@ -33,6 +34,8 @@ from typing import Any
 
 ASCII_CHARS = r"[ !#-\[\]-~]"
 UNICODE_CHARS = r"[^\"\\\x00-\x1f\x7f]"
+#: the shape of a citable id, used instead of the exact list when more than ``enum_ids`` are known
+ID_PATTERN = r"^(?:(?:det|mask|ocr)_[0-9]{1,4}_[0-9]{1,5}|obs_[0-9]{1,4})$"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class SchemaLimits:
     array_items: int = 8
     number_bound: float = 100_000.0
     evidence_items: int = 8
+    enum_ids: int = 64
     charset: str = "ascii"
 
 
@@ -158,11 +162,12 @@ def action_schema(
         )
     if allow_final:
         ids = list(dict.fromkeys(known_ids))
-        evidence: dict[str, Any] = (
-            {"type": "array", "items": {"enum": ids}, "maxItems": min(limits.evidence_items, len(ids))}
-            if ids
-            else {"type": "array", "maxItems": 0}
-        )
+        if not ids:
+            evidence: dict[str, Any] = {"type": "array", "maxItems": 0}
+        elif len(ids) <= limits.enum_ids:
+            evidence = {"type": "array", "items": {"enum": ids}, "maxItems": min(limits.evidence_items, len(ids))}
+        else:  # too many to list (grammar size): the id shape; the loop rejects unknown ones
+            evidence = {"type": "array", "items": {"type": "string", "pattern": ID_PATTERN}, "maxItems": limits.evidence_items}
         options.append(
             {
                 "type": "object",
