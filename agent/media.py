@@ -184,6 +184,8 @@ def probe_video(path: Path, max_pixels: int) -> dict[str, Any]:
             first = next(container.decode(stream), None)
             if first is None:
                 raise MediaError(f"{path}: video has 0 decodable frames")
+            if int(getattr(first, "rotation", 0) or 0) % 180 == 90:  # display matrix: shown portrait
+                width, height = height, width
             duration = None
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)

@@ -154,20 +154,20 @@ def bench_gallery(checkpoint: str, device: str, gallery: Path, index_root: Path,
     n = len(list(gallery.iterdir()))
     with ctx.model("search") as bundle:
         sync = _sync(device)
-        GalleryIndex(gallery, "warm", index_root / "warm").refresh(bundle.embed_images, bundle.batch_size, workers=bundle.workers, prepare=bundle.preprocess)
+        GalleryIndex(gallery, "warm", index_root / "warm").refresh(bundle.embed_images, bundle.batch_size, workers=bundle.workers)
         results = {}
         small = _subset(gallery, min(n, ONE_BY_ONE_MAX))
         for label, batch, folder in (("batched", bundle.batch_size, gallery), ("one_by_one", 1, small)):
             index = GalleryIndex(folder, f"{checkpoint}|{label}", index_root / label)
             count = len(list(folder.iterdir()))
             t0 = time.perf_counter()
-            upd = index.refresh(bundle.embed_images, batch, workers=bundle.workers, prepare=bundle.preprocess)
+            upd = index.refresh(bundle.embed_images, batch, workers=bundle.workers)
             sync()
             results[label] = (time.perf_counter() - t0) / count  # seconds per image
             assert upd.embedded == count
         index = GalleryIndex(gallery, f"{checkpoint}|batched", index_root / "batched")
         t0 = time.perf_counter()
-        upd = index.refresh(bundle.embed_images, bundle.batch_size, workers=bundle.workers, prepare=bundle.preprocess)
+        upd = index.refresh(bundle.embed_images, bundle.batch_size, workers=bundle.workers)
         reuse = time.perf_counter() - t0
         assert upd.embedded == 0
         batch_size = bundle.batch_size

@@ -154,6 +154,9 @@ def test_rotation_metadata_is_applied(videos: dict[str, Path], name: str, rotati
     bottom, top = img[-W // 8 :].mean(), img[: W // 8].mean()
     assert (bottom > 200 and top < 150) if rotation == 90 else (top > 200 and bottom < 150)
     assert frame_index(frames[0].image) == round(frames[0].timestamp * 10)
+    store = MediaStore()
+    info = store.info(store.add(str(videos[name])))
+    assert (info.kind, info.width, info.height) == ("video", H, W)  # the media store reports the shown size
 
 
 def test_sampling_does_not_decode_every_frame(videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

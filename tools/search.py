@@ -72,21 +72,13 @@ class DualEncoder:
         feats = feats.float()
         return feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def preprocess(self, images: list["Image.Image"]) -> Any:
-        """CPU tensor (N, 3, H, W) of model-ready pixels (thread-safe: gallery workers call it)."""
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
-
-    def embed_images(self, images: list[Any]) -> "np.ndarray":
-        """(N, D) embeddings, one forward pass for the whole list. Items: RGB PIL images, or
-        (3, H, W) tensors from ``preprocess`` (the gallery prepares them in worker threads)."""
+    def embed_images(self, images: list["Image.Image"]) -> "np.ndarray":
+        """(N, D) embeddings of RGB images, one forward pass for the whole list."""
         import torch
 
         self.calls["images"] += 1
-        if images and isinstance(images[0], torch.Tensor):
-            pixels = torch.stack(images)
-        else:
-            pixels = self.preprocess(images)
-        pixels = pixels.to(self.device, self.model.dtype, non_blocking=True)
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device, self.model.dtype)
         with torch.inference_mode():
             feats = self._features(self.model.get_image_features(pixel_values=pixels))
         return feats.cpu().numpy()
@@ -298,12 +290,10 @@ class GalleryIndex:
         batch_size: int,
         progress: Callable[[str, int, int], None] | None = None,
         workers: int = 4,
-        prepare: Callable[[list["Image.Image"]], Any] | None = None,
     ) -> IndexUpdate:
         """Bring the index up to date with the folder and return every current file's embedding.
-        ``embed(items) -> (N, D)`` embeds a batch; ``prepare([image])`` (optional) turns one image
-        into the item ``embed`` takes, in the worker threads (e.g. ``DualEncoder.preprocess``
-        giving a (1, 3, H, W) tensor); without it ``embed`` gets PIL images."""
+        ``embed(images) -> (N, D)`` embeds a batch of RGB images; ``workers`` threads decode the
+        next batch while the current one is embedded."""
         import numpy as np
         from filelock import FileLock
 
@@ -327,7 +317,7 @@ class GalleryIndex:
                 if sha not in vectors and sha not in todo:
                     todo[sha] = self.folder / rel
             skipped: list[str] = []
-            new = self._embed_all(todo, embed, batch_size, progress, workers, skipped, prepare)
+            new = self._embed_all(todo, embed, batch_size, progress, workers, skipped)
             bad = {sha for sha, path in todo.items() if path.relative_to(self.folder).as_posix() in skipped}
             files = {rel: v for rel, v in files.items() if v[2] not in bad}
             current = {v[2] for v in files.values()}
@@ -352,7 +342,6 @@ class GalleryIndex:
         progress: Callable[[str, int, int], None] | None,
         workers: int,
         skipped: list[str],
-        prepare: Callable[[list["Image.Image"]], Any] | None = None,
     ) -> dict[str, "np.ndarray"]:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -364,8 +353,7 @@ class GalleryIndex:
 
         def load(item: tuple[str, Path]) -> tuple[str, Path, Any]:
             try:
-                img = load_gallery_image(item[1])
-                return item[0], item[1], prepare([img])[0] if prepare is not None else img
+                return item[0], item[1], load_gallery_image(item[1])
             except Exception as exc:  # noqa: BLE001 - one bad file does not stop the gallery
                 return item[0], item[1], exc
 
@@ -488,7 +476,7 @@ class Search(Tool):
             if input.gallery:
                 folder = Path(os.path.expanduser(input.gallery))
                 index = GalleryIndex(folder, key, ctx.config.cache_path / "search-index")
-                upd = index.refresh(bundle.embed_images, bundle.batch_size, ctx.progress, bundle.workers, bundle.preprocess)
+                upd = index.refresh(bundle.embed_images, bundle.batch_size, ctx.progress, bundle.workers)
                 ctx.cache["gallery_index"] = "miss" if upd.created else ("hit" if upd.embedded == 0 else "updated")
                 if not upd.paths:
                     raise ToolError(f"gallery {folder} holds no readable images")
