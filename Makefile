@@ -35,8 +35,8 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/loop_overhead.py
-	$(BIN)/python benchmarks/tools.py
+	$(BIN)/python -m benchmarks.loop_overhead
+	$(BIN)/python -m benchmarks.tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -319,7 +319,7 @@ class RunStream:
         if unknown:
             known = ", ".join(self.known_ids()[:30]) or "none (call a tool first)"
             return f"the final answer cites unknown ids: {', '.join(unknown)}; known ids: {known}"
-        for check in self.agent.final_checks:
+        for check in [*self.agent.final_checks, *getattr(self.planner, "final_checks", ())]:
             problem = check(final, self)
             if problem:
                 return problem

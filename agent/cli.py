@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, mapping errors to exit codes and one-line messages."""
     from agent.errors import UsageError, VisagentError
 
+    # model-loading progress bars and library chatter would bury the answer; VISAGENT_LOG=INFO shows loads
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=os.environ.get("VISAGENT_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         app(args=argv, standalone_mode=False)

@@ -10,7 +10,7 @@ Detect rows also report ``split_batched_ms`` (24 labels split over several capti
 ``max_text_len``, run as one batch) against ``split_sequential_ms`` (the same captions, one
 forward each) and their ratio ``split_ratio`` = sequential / batched.
 
-    python benchmarks/_tools_image.py [--device cpu|cuda] [--repeats 5] [--json out.json]
+    python -m benchmarks._tools_image [--device cpu|cuda] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ All figures are measured in this one run.
   ``decode_all_ms`` = decoding every frame once and keeping the 8 shown at the same timestamps;
   ``ratio`` = decode_all / sample.
 
-    python benchmarks/_tools_media.py [--device cpu|cuda] [--full] [--images 64] [--json out.json]
+    python -m benchmarks._tools_media [--device cpu|cuda] [--full] [--images 64] [--json out.json]
 """
 
 from __future__ import annotations

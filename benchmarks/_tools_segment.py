@@ -14,7 +14,7 @@ Checkpoints: ``tiny:sam`` (both backends) and ``tiny:sam2`` (transformers) alway
 architecture with random weights (transformers ``SamConfig()`` and the official ``vit_b``), saved
 and loaded through the same loaders as a downloaded checkpoint.
 
-    python benchmarks/_tools_segment.py [--device cpu|cuda] [--full] [--repeats 5] [--json out.json]
+    python -m benchmarks._tools_segment [--device cpu|cuda] [--full] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations

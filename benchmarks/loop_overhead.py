@@ -4,7 +4,7 @@ A scripted run of N steps with a no-op tool, against a bare Python loop that val
 the same steps (pydantic validation of the action and the tool input, the tool call, a step
 record). Both measured in this one run; prints ms/step for each and the overhead per step.
 
-    python benchmarks/loop_overhead.py [--repeats 30] [--json out.json]
+    python -m benchmarks.loop_overhead [--repeats 30] [--json out.json]
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@
    decode tokens/s at batch 1 after a 576-image-token + text prefill, against the memory-bandwidth
    floor (every decode step reads all weights once: measured device-copy bandwidth / weight bytes).
 
-    python benchmarks/planner.py [--steps 10] [--json out.json]
-    python benchmarks/planner.py --real-size-only [--json out.json]     # on a GPU machine
+    python -m benchmarks.planner [--steps 10] [--json out.json]
+    python -m benchmarks.planner --real-size-only [--compile] [--json out.json]   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def tiny_breakdown(steps: int) -> dict[str, Any]:
     config, pool, state = _tiny_setup()
     rows: dict[str, Any] = {}
     for constrained in (True, False):
-        cfg = config.model_copy(update={"planner": config.planner.model_copy(update={"constrained": constrained, "max_new_tokens": 96})})
+        cfg = config.model_copy(update={"planner": config.planner.model_copy(update={"constrained": constrained, "max_new_tokens": 256})})
         planner = LlavaPlanner(cfg, pool=pool)
         try:
             planner.next(state)  # warm-up: load, grammar compiler
@@ -135,8 +135,11 @@ def _raw_generate(planner: Any, state: Any, steps: int) -> list[dict[str, float]
     return out
 
 
-def real_size(new_tokens: int = 128) -> dict[str, Any]:
-    """LLaVA-1.5-7B architecture, random fp16 weights, greedy decode tokens/s vs bandwidth floor."""
+def real_size(new_tokens: int = 128, compile_decode: bool = False) -> dict[str, Any]:
+    """LLaVA-1.5-7B architecture, random fp16 weights, greedy decode tokens/s vs bandwidth floor.
+
+    ``compile_decode``: also time a static KV cache, with which transformers compiles the decode
+    step (``torch.compile``, CUDA graphs), removing eager decoding's per-kernel launch cost."""
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -187,6 +190,19 @@ def real_size(new_tokens: int = 128) -> dict[str, Any]:
     full = min(timed(new_tokens + 1) for _ in range(2))
     decode_s = (full - prefill) / new_tokens
     floor_tps = bandwidth / lm_bytes
+    compiled: dict[str, Any] = {}
+    if compile_decode:
+        # a static cache makes transformers compile the decode step (generation_config.compile_config)
+        kwargs["cache_implementation"] = "static"
+        t = time.perf_counter()
+        timed(4)
+        timed(new_tokens + 1)
+        compiled["compile_warmup_s"] = round(time.perf_counter() - t, 1)
+        c_prefill = min(timed(1) for _ in range(3))
+        c_full = min(timed(new_tokens + 1) for _ in range(2))
+        c_decode = (c_full - c_prefill) / new_tokens
+        compiled["compiled_decode_tokens_per_s"] = round(1 / c_decode, 1)
+        compiled["compiled_fraction_of_floor"] = round((1 / c_decode) / floor_tps, 3)
     return {
         "device": torch.cuda.get_device_name(0),
         "params_b": round(weight_bytes / 2 / 1e9, 3),
@@ -199,6 +215,7 @@ def real_size(new_tokens: int = 128) -> dict[str, Any]:
         "decode_tokens_per_s": round(1 / decode_s, 1),
         "floor_tokens_per_s": round(floor_tps, 1),
         "fraction_of_floor": round((1 / decode_s) / floor_tps, 3),
+        **compiled,
     }
 
 
@@ -207,6 +224,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed planner steps per mode")
     ap.add_argument("--real-size", action="store_true", help="also run the real-size GPU measurement")
     ap.add_argument("--real-size-only", action="store_true", help="only the real-size GPU measurement")
+    ap.add_argument("--compile", action="store_true", help="real size: also time static cache + torch.compile")
     ap.add_argument("--json", dest="json_path", help="write the results as JSON")
     args = ap.parse_args()
     results: dict[str, Any] = {}
@@ -220,7 +238,7 @@ def main() -> None:
             print(f"{mode:14s} {r['prompt_ms']:8.1f} {r['generate_ms']:9.1f} {r['parse_ms']:7.2f} {r['new_tokens']:7.0f} {r['ms_per_token']:9.2f}")
         print(f"constrained / unconstrained ms per token: {rows['constrained_overhead_ratio']:.2f}x")
     if args.real_size or args.real_size_only:
-        r = real_size()
+        r = real_size(compile_decode=args.compile)
         results["real_size"] = r
         print("real-size LLaVA-1.5-7B architecture (random fp16 weights), batch 1, greedy")
         for k, v in r.items():

@@ -7,7 +7,7 @@ p50 / p95 latency. Then the same plan runs in-process with ``agent.ask`` on the 
 alternating with single HTTP requests (same machine load for both): overhead = median of the
 per-pair differences, ratio = server p50 / direct p50.
 
-    python benchmarks/server.py [--requests 64] [--levels 1 8 32] [--server-concurrency 2] [--json out.json]
+    python -m benchmarks.server [--requests 64] [--levels 1 8 32] [--server-concurrency 2] [--json out.json]
 
 All traffic goes to 127.0.0.1. Numbers are for this machine and run only; compare ratios.
 """

@@ -1,9 +1,9 @@
 """Tool benchmarks in one run: image tools, segmentation, search/video/OCR media tools.
 
-    python benchmarks/tools.py [--device cpu|cuda] [--only image,segment,media] [--json out.json]
+    python -m benchmarks.tools [--device cpu|cuda] [--only image,segment,media] [--json out.json]
 
-Each part is also runnable alone (``benchmarks/_tools_image.py``, ``_tools_segment.py``,
-``_tools_media.py``); see their docstrings for what each row measures.
+Each part is also runnable alone (``python -m benchmarks._tools_image``, ``._tools_segment``,
+``._tools_media``); see their docstrings for what each row measures.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-import _tools_image
-import _tools_media
-import _tools_segment
+from benchmarks import _tools_image, _tools_media, _tools_segment
 
 PARTS = {"image": _tools_image, "segment": _tools_segment, "media": _tools_media}
 

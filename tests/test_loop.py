@@ -195,3 +195,16 @@ def test_parse_action_formats():
 def test_each_run_gets_a_fresh_script(agent_for):
     agent = agent_for([{"tool": "echo", "args": {"text": "a"}}, {"final": "a", "evidence": ["obs_1"]}])
     assert agent.ask("q", ["sample:coins"]).ok and agent.ask("q", ["sample:coins"]).ok
+
+
+def test_model_planners_bring_their_grounding_checks(agent_for):
+    from agent.planners.llava import LlavaPlanner
+    from agent.planners.grounding import default_checks
+
+    assert LlavaPlanner.final_checks and len(LlavaPlanner.final_checks) == len(default_checks())
+    replies = iter([Action(tool="echo", args={"text": "3"}), Final(answer="three"), Final(answer="three", evidence=["obs_1"])])
+    planner = FunctionPlanner(lambda s: next(replies))
+    planner.final_checks = default_checks()
+    ans = agent_for(planner).ask("How many cups?", ["sample:coffee"])
+    err = next(s for s in ans.trace.steps if isinstance(s, ErrorStep))
+    assert err.source == "final" and ans.ok and ans.evidence[0].id == "obs_1"

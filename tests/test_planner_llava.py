@@ -130,15 +130,17 @@ def test_unconstrained_random_model_is_not_valid_json(tiny_config: Any, shared_p
         parse_action(errors[0].args["raw"] if errors[0].args else "")
 
 
-def test_llava_next_checkpoint(tiny_config: Any, shared_pool: Any) -> None:
+@pytest.mark.parametrize("checkpoint", ["tiny:llava-next", "tiny:llava-onevision"])
+def test_other_llava_architectures(checkpoint: str, tiny_config: Any, shared_pool: Any) -> None:
     models = dict(tiny_config.models)
-    models["planner"] = models["planner"].model_copy(update={"checkpoint": "tiny:llava-next"})
+    models["planner"] = models["planner"].model_copy(update={"checkpoint": checkpoint})
     cfg = tiny_config.model_copy(update={"models": models, "planner": tiny_config.planner.model_copy(update={"temperature": 1.0, "seed": 3})})
     planner = make_planner("llava", cfg, pool=shared_pool)
     answer = Agent(cfg, planner=planner, tools=TOOLS, pool=shared_pool).ask("Where is the spoon?", ["sample:coffee"], max_steps=2)
     _check_run(answer, {t.name: t for t in TOOLS}, 2)
     stats = {m["checkpoint"]: m for m in shared_pool.stats()["models"]}
-    assert "tiny:llava-next" in stats
+    assert checkpoint in stats
+    assert answer.trace.meta.planner == f"llava:{checkpoint}"
 
 
 def test_action_schema_bounds_and_ids() -> None:
@@ -182,3 +184,45 @@ def test_known_ids_from_steps_and_history(make_agent: Any) -> None:
     )
     ids = known_ids(state)
     assert ids[:2] == ["det_0_0", "det_0_1"] and "obs_1" in ids and "det_1_0" in ids and "det_1_1" in ids
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_cli_ask_tiny_end_to_end(seed: int | None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`visagent ask sample:coffee "How many cups are there?" --profile tiny` with the built-in
+    tools: greedy (seed None) and sampled runs; every planner step is a schema-valid action."""
+    from agent.cli import main
+    from agent.registry import load_builtin_tools
+
+    if seed is not None:
+        monkeypatch.setenv("VISAGENT__planner__temperature", "1.0")
+        monkeypatch.setenv("VISAGENT__planner__seed", str(seed))
+    rc = main(["ask", "sample:coffee", "How many cups are there?", "--profile", "tiny", "--max-steps", "4", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == (0 if data["status"] == "answered" else 1)
+    assert data["status"] in ("answered", "max_steps")
+    tools = load_builtin_tools()
+    known: list[str] = []
+    for step in data["trace"]["steps"]:
+        if step["type"] == "planner":
+            schema = action_schema(tools, known_ids=known, media={"image": ["img_0"], "video": []})
+            assert validate_action(json.loads(step["raw"], strict=False), schema) == [], step["raw"]
+        elif step["type"] == "tool":
+            known += _region_ids(step["output"]) + [f"obs_{step['call']}"]
+        elif step["type"] == "error":
+            assert step["source"] not in ("planner",), step["message"]
+    assert data["trace"]["meta"]["planner"] == "llava:tiny:llava"
+
+
+def test_sampled_runs_replay_from_the_recorded_seed(tiny_config: Any, shared_pool: Any) -> None:
+    def run(seed: int) -> tuple[list[str], Any, LlavaPlanner]:
+        cfg = _config(tiny_config, temperature=1.0, seed=seed)
+        planner = LlavaPlanner(cfg, pool=shared_pool)
+        answer = Agent(cfg, planner=planner, tools=TOOLS, pool=shared_pool).ask(QUESTIONS[1], ["sample:coffee"], max_steps=3)
+        return [s.raw for s in answer.trace.steps if isinstance(s, PlannerStep)], answer, planner
+
+    raws, answer, planner = run(11)
+    again, _, _ = run(11)
+    other, _, _ = run(12)
+    assert raws == again and raws != other
+    last = [s for s in answer.trace.steps if isinstance(s, PlannerStep)][-1]
+    assert planner.last_timings["seed"] == answer.trace.meta.seed + last.index == 11 + last.index

@@ -5,8 +5,9 @@
   (LLaVA-NeXT) or ``llava-hf/llava-onevision-qwen2-7b-ov-hf``. The architecture comes from the
   checkpoint's ``config.json`` (``model_type``); the bundle is a ``PlannerBundle``.
 - Tiny checkpoints (random weights, fixed seed, same architectures): ``tiny:llava``
-  (LlavaForConditionalGeneration: CLIP vision tower + Llama text model) and ``tiny:llava-next``
-  (LlavaNextForConditionalGeneration, any-resolution tiles). Their tokenizer is a byte-level BPE
+  (LlavaForConditionalGeneration: CLIP vision tower + Llama text model), ``tiny:llava-next``
+  (LlavaNextForConditionalGeneration, any-resolution tiles) and ``tiny:llava-onevision``
+  (SigLIP + Qwen2). Their tokenizer is a byte-level BPE
   trained locally with ``tokenizers`` (``<image>`` special token, LLaVA-1.5 chat template).
 
 This module registers loaders and builders only; it defines no tool.
@@ -222,6 +223,63 @@ def build_tiny_llava_next(folder: Path) -> None:
         patch_size=8,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+
+
+@register_tiny("llava-onevision")
+def build_tiny_llava_onevision(folder: Path) -> None:
+    """Tiny LLaVA-OneVision: SigLIP vision tower (32 px tiles) + 2-layer Qwen2, any-resolution."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tok = build_tiny_tokenizer()
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    text = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=pinpoints,
+    )
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    size = {"height": 32, "width": 32}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
+        tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     processor.save_pretrained(folder)

@@ -28,12 +28,11 @@ def register(app: typer.Typer) -> None:
         """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
         from agent.agent import Agent
         from agent.cli import TINY_NOTE, _describe_step, _load_config, _print_answer, err, out
-        from agent.planners.grounding import default_checks
 
         cfg = _load_config(config, profile)
         if cfg.profile == "tiny":
             err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
-        agent = Agent(cfg, planner=planner, final_checks=default_checks())
+        agent = Agent(cfg, planner=planner)  # model planners bring their grounding checks
         conv = agent.chat(media, max_steps=max_steps)
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)

@@ -198,7 +198,15 @@ class GrammarCache:
     """Per-tokenizer xgrammar state: ``TokenizerInfo`` and a ``GrammarCompiler`` (thread-safe)."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
-        import xgrammar as xgr
+        try:
+            import xgrammar as xgr
+        except ModuleNotFoundError:
+            from agent.errors import UsageError
+
+            raise UsageError(
+                "constrained decoding needs xgrammar: pip install 'visagent[constrained]' "
+                "(or set planner.constrained: false)"
+            ) from None
 
         self._xgr = xgr
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)

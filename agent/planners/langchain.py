@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agent.planners.grounding import default_checks
 from agent.errors import PlannerOutputError, RunError, UsageError
 from agent.planners import register_planner
 from agent.planners.base import PlannerState
@@ -64,10 +65,15 @@ def _text(content: Any) -> str:
     return str(content or "")
 
 
+GROUNDING_CHECKS = default_checks()
+
+
 class LangChainPlanner:
     """Drives visagent with a LangChain ``BaseChatModel``."""
 
     name = "langchain"
+    #: grounded-final checks the loop runs for this planner (evidence cited, count cross-check)
+    final_checks = GROUNDING_CHECKS
 
     def __init__(self, config: Any, chat_model: Any) -> None:
         from langchain_core.language_models import BaseChatModel

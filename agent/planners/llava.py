@@ -15,11 +15,13 @@ ModelPool. Each step:
 3. parse: the JSON text becomes an ``Action`` / ``Final``; the raw text and the number of
    generated tokens go into the trace (``PlannerStep.raw`` / ``tokens``).
 
-Sampling (``temperature > 0``) is seeded with ``planner.seed + step index`` so runs replay.
+Every step seeds torch with ``planner.seed + k`` where k is the index its ``PlannerStep`` gets in
+the trace (``trace.meta.seed`` records ``planner.seed``), so sampled runs replay.
 Planner options (``config.planner``, extra keys allowed): ``max_new_tokens``, ``temperature``,
 ``top_p``, ``seed``, ``constrained``, ``max_images`` (4), ``examples`` (true), ``charset``
 (``ascii`` | ``unicode``), ``format`` (``json`` | ``llava_plus`` for LLaVA-Plus checkpoints,
-unconstrained).
+unconstrained), ``cache_implementation`` (``static`` on a GPU: transformers compiles the decode
+step; 3.5x faster decoding of LLaVA-1.5-7B on an H100 after ~80 s of compilation).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import re
 import time
 from typing import Any
 
+from agent.planners.grounding import default_checks
 from agent.errors import PlannerOutputError, UsageError
 from agent.planners import register_planner
 from agent.planners.base import PlannerState
@@ -92,10 +95,15 @@ def parse_json_text(raw: str) -> Any:
     return decision_from_dict(obj, raw=raw)
 
 
+GROUNDING_CHECKS = default_checks()
+
+
 class LlavaPlanner:
     """A transformers vision-language model as planner (see module docstring)."""
 
     name = "llava"
+    #: grounded-final checks the loop runs for this planner (evidence cited, count cross-check)
+    final_checks = GROUNDING_CHECKS
 
     def __init__(self, config: Any, pool: Any = None, fmt: str | None = None) -> None:
         from agent.context import Models
@@ -115,6 +123,8 @@ class LlavaPlanner:
         )
         self.limits = SchemaLimits(charset=str(extra.get("charset", "ascii")))
         self.constrained = bool(pc.constrained) and self.format == "json"
+        #: e.g. "static": a static KV cache, with which transformers compiles the decode step
+        self.cache_implementation = extra.get("cache_implementation")
         #: timings of the last step in ms: prompt, generate, parse (for benchmarks)
         self.last_timings: dict[str, float] = {}
         self.name = f"llava:{config.model(FAMILY).checkpoint}"
@@ -145,17 +155,17 @@ class LlavaPlanner:
                 imgs = pixels(messages)
                 return processor(images=imgs or None, text=prompt, return_tensors="pt")
 
-            encoded: dict[int, Any] = {}
+            last: list[Any] = [None, None]  # the messages counted last and their encoding
 
             def count(messages: list[Message]) -> int:
-                enc = encode(messages)
-                encoded[id(messages)] = enc
-                return int(enc["input_ids"].shape[1])
+                last[:] = [messages, encode(messages)]
+                return int(last[1]["input_ids"].shape[1])
 
             messages, level, n_prompt = fit_messages(state, count, budget, self.options)
             if level:
                 log.info("planner prompt shortened to level %d (%d tokens)", level, n_prompt)
-            inputs = encoded[id(messages)]
+            assert last[0] is messages
+            inputs = last[1]
             inputs = {k: (v.to(bundle.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
             if "pixel_values" in inputs and bundle.dtype is not None:
                 inputs["pixel_values"] = inputs["pixel_values"].to(bundle.dtype)
@@ -168,6 +178,8 @@ class LlavaPlanner:
                 "do_sample": pc.temperature > 0,
                 "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             }
+            if self.cache_implementation:
+                gen["cache_implementation"] = self.cache_implementation
             if pc.temperature > 0:
                 gen.update(temperature=pc.temperature, top_p=pc.top_p)
             else:  # greedy: unset sampling defaults a checkpoint's generation config may carry

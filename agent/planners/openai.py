@@ -24,6 +24,7 @@ import logging
 import os
 from typing import Any
 
+from agent.planners.grounding import default_checks
 from agent.errors import PlannerOutputError, RunError, UsageError
 from agent.planners import register_planner
 from agent.planners.base import PlannerState
@@ -59,10 +60,15 @@ def to_openai_messages(messages: list[Message], image: Any) -> list[dict[str, An
     return out
 
 
+GROUNDING_CHECKS = default_checks()
+
+
 class OpenAIPlanner:
     """A planner over an OpenAI-compatible ``/chat/completions`` endpoint."""
 
     name = "openai"
+    #: grounded-final checks the loop runs for this planner (evidence cited, count cross-check)
+    final_checks = GROUNDING_CHECKS
 
     def __init__(self, config: Any, client: Any = None) -> None:
         pc = config.planner

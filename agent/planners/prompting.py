@@ -42,12 +42,19 @@ MAX_LEVEL = 4
 
 
 def prompts_dir() -> Path:
-    """``$VISAGENT_PROMPTS_DIR`` or the ``prompts/`` folder next to the ``agent`` package."""
+    """``$VISAGENT_PROMPTS_DIR``, else the source tree's ``prompts/`` folder (editable installs),
+    else ``<prefix>/share/visagent/prompts`` (where a wheel installs them)."""
+    import sys
+
     env = os.environ.get("VISAGENT_PROMPTS_DIR")
-    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "prompts"
-    if not (folder / "system.j2").is_file():
-        raise UsageError(f"planner prompt templates not found in {folder} (set VISAGENT_PROMPTS_DIR)")
-    return folder
+    if env:
+        candidates = [Path(env)]
+    else:
+        candidates = [Path(__file__).resolve().parents[2] / "prompts", Path(sys.prefix) / "share" / "visagent" / "prompts"]
+    for folder in candidates:
+        if (folder / "system.j2").is_file():
+            return folder
+    raise UsageError(f"planner prompt templates not found in {candidates[0]} (set VISAGENT_PROMPTS_DIR)")
 
 
 @functools.lru_cache(maxsize=8)
