@@ -29,7 +29,7 @@ browser:
 
 demo: install
 	$(BIN)/visagent ask sample:coffee "How many cups are there?" --profile tiny
-	$(BIN)/visagent ask sample:page "What does the page say?" --profile tiny --planner script:scenarios/plans/read_page.yaml
+	$(BIN)/visagent ask sample:page "What does the page say?" --profile tiny --planner script:examples/read_page.yaml
 
 test: install browser
 	$(BIN)/python -m pytest -q

@@ -31,7 +31,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 TINY_NOTE = (
     "profile 'tiny': tiny random checkpoints of the real architectures — the pipeline is real, "
-    "the answers are meaningless. Use --profile default with real checkpoints (see README: Models)."
+    "the answers are meaningless (OCR excepted: its real weights ship with it). Use --profile default "
+    "with real checkpoints (see README: Models)."
 )
 
 
