@@ -252,7 +252,7 @@ class MediaStore:
             meta = probe_video(path, self.max_video_pixels)
             info = MediaInfo(
                 id="", kind="video", source=str(path), width=meta["width"], height=meta["height"],
-                sha256=_file_sha256(path),
+                sha256=file_sha256(path),
             )  # fmt: skip
             return self._register(_Item(info=info, path=path), "video")
         img, notes = load_image_file(path, self.max_pixels)
@@ -347,7 +347,8 @@ class MediaStore:
         return len(self._items)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content (hex), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

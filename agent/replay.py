@@ -47,11 +47,11 @@ from agent.types import (
     ToolStep,
     Trace,
 )
+from tools.base import REGION_ID_RE as _REGION_ID
 from tools.base import Region, Tool, ToolInput, ToolOutput
 
 log = logging.getLogger(__name__)
 
-_REGION_ID = re.compile(r"^(det|mask|ocr)_(\d+)_(\d+)$")
 _UNLOADABLE = ("pil", "array", "bytes")
 
 

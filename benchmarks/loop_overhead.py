@@ -18,28 +18,7 @@ from agent.agent import Agent
 from agent.config import load_config
 from agent.planners import FunctionPlanner
 from agent.types import Action, Final, PlannerReply, ToolStep
-from tools.base import Tool, ToolInput, ToolOutput
-
-
-class NoopIn(ToolInput):
-    i: int = 0
-
-
-class NoopOut(ToolOutput):
-    i: int
-
-    def observation(self) -> str:
-        return "ok"
-
-
-class Noop(Tool):
-    name = "noop"
-    description = "Do nothing (benchmark)."
-    Input = NoopIn
-    Output = NoopOut
-
-    def run(self, inp: NoopIn, ctx: object) -> NoopOut:
-        return NoopOut(i=inp.i)
+from tests.fakes import Noop
 
 
 def planner_for(n: int) -> FunctionPlanner:

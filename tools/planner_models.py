@@ -94,27 +94,14 @@ def build_tiny_tokenizer(folder: Path | None = None, vocab_size: int = 600) -> A
 
     Special tokens: ``<s>`` (bos), ``</s>`` (eos), ``<pad>``, ``<unk>``, ``<image>``, ``<video>``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tools._tiny_text import byte_level_tokenizer
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>"]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    fast = byte_level_tokenizer(
         vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        corpus=_CORPUS,
+        named_extra={"image_token": "<image>", "video_token": "<video>"},
+        template=False,
+        model_max_length=1_000_000_000,  # the planner's context comes from its model config
     )
     fast.chat_template = LLAVA_CHAT_TEMPLATE
     if folder is not None:

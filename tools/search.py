@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, field_validator
 
 from agent.errors import ToolError
+from agent.media import file_sha256
 from tools.base import Tool, ToolInput, ToolOutput, clip_text
 from tools.models import register_loader, register_tiny
 
@@ -205,14 +206,6 @@ def scan_gallery(folder: Path) -> list[Path]:
             if not name.startswith(".") and p.is_file() and is_image_file(p):
                 found.append(p)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_gallery_image(path: Path, size_hint: int = 448) -> "Image.Image":
