@@ -108,3 +108,28 @@ def is_available(checkpoint: str, *, family: str, backend: str, cache_dir: Path)
         return True, "in the Hugging Face cache"
     except Exception:  # noqa: BLE001
         return False, "not in the Hugging Face cache" + ("" if hub_offline() else " (downloaded on first use)")
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".onnx")
+
+
+def weights_bytes(checkpoint: str, *, backend: str, cache_dir: Path) -> int | None:
+    """Bytes of the weight files of a checkpoint that is on disk (None when it is not, or builtin)."""
+    if checkpoint == "builtin":
+        return None
+    if checkpoint.startswith(TINY_PREFIX):
+        path = tiny_dir(checkpoint[len(TINY_PREFIX) :], backend, cache_dir)
+    else:
+        path = Path(os.path.expanduser(checkpoint))
+        if not path.exists():
+            try:
+                from huggingface_hub import snapshot_download
+
+                path = Path(snapshot_download(checkpoint, local_files_only=True))
+            except Exception:  # noqa: BLE001 - not cached
+                return None
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return None
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)

@@ -161,23 +161,28 @@ def tools(as_json: Annotated[bool, typer.Option("--json", help="JSON list of {na
 @app.command()
 def models(profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Configured checkpoint per model family, whether it is available and resident."""
-    from agent.checkpoints import is_available
+    from agent.checkpoints import is_available, weights_bytes
 
     cfg = _load_config(config, profile)
     rows = []
     for family, mc in cfg.models.items():
         ok, where = is_available(mc.checkpoint, family=family, backend=mc.backend, cache_dir=cfg.cache_path)
-        rows.append({"family": family, "checkpoint": mc.checkpoint, "backend": mc.backend, "available": ok, "where": where, "resident": False, "bytes": 0})
+        size = weights_bytes(mc.checkpoint, backend=mc.backend, cache_dir=cfg.cache_path) if ok else None
+        rows.append(
+            {"family": family, "checkpoint": mc.checkpoint, "backend": mc.backend, "available": ok, "where": where,
+             "resident": False, "weights_bytes": size}
+        )  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps({"profile": cfg.profile, "models": rows}, indent=2) + "\n")
         return
     from rich.table import Table
 
-    table = Table(title=f"models (profile {cfg.profile}; resident: none — this process has loaded nothing)")
-    for col in ("family", "backend", "checkpoint", "available"):
+    table = Table(title=f"models (profile {cfg.profile}; none resident: a CLI process loads models only while it runs; `GET /v1/models` on a server shows resident ones)")
+    for col in ("family", "backend", "checkpoint", "available", "weights on disk"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["family"], r["backend"], r["checkpoint"], ("yes: " if r["available"] else "[red]no[/red]: ") + r["where"])
+        size = "" if r["weights_bytes"] is None else f"{r['weights_bytes'] / 1e6:.1f} MB"
+        table.add_row(r["family"], r["backend"], r["checkpoint"], ("yes: " if r["available"] else "[red]no[/red]: ") + r["where"], size)
     out.print(table)
 
 

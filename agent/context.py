@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,8 @@ class Models:
         dtype = resolve_dtype(mc.dtype or self.config.dtype, device)
         # the same tiny name serves both backends: the backend is part of what identifies the model
         ckpt_key = mc.checkpoint if mc.backend == "transformers" else f"{mc.checkpoint}@{mc.backend}"
+        if mc.options:  # loader options may change what is loaded (e.g. another config or text encoder)
+            ckpt_key += "#" + json.dumps(mc.options, sort_keys=True, default=str)
         return ModelKey(family, ckpt_key, device, dtype), mc.backend, mc.checkpoint
 
     def resolve(self, family: str) -> str:
