@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import json
 import logging
-import re
 import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass, field

@@ -198,8 +198,8 @@ def test_each_run_gets_a_fresh_script(agent_for):
 
 
 def test_model_planners_bring_their_grounding_checks(agent_for):
-    from agent.planners.llava import LlavaPlanner
     from agent.planners.grounding import default_checks
+    from agent.planners.llava import LlavaPlanner
 
     assert LlavaPlanner.final_checks and len(LlavaPlanner.final_checks) == len(default_checks())
     replies = iter([Action(tool="echo", args={"text": "3"}), Final(answer="three"), Final(answer="three", evidence=["obs_1"])])

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from agent.errors import MediaError
-from agent.media import MediaStore, SAMPLES
+from agent.media import SAMPLES, MediaStore
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -18,7 +18,7 @@ from agent.errors import UsageError
 from agent.planners import make_planner
 from agent.planners.grounding import default_checks
 from agent.types import ErrorStep, PlannerStep, ToolStep
-from fakes import FAKE_TOOLS
+from tests.fakes import FAKE_TOOLS
 
 
 class FakeChatServer:

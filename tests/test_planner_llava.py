@@ -6,6 +6,7 @@ import json
 from typing import Any, Literal
 
 import pytest
+from fakes import FAKE_TOOLS
 from pydantic import BaseModel, Field
 
 from agent.agent import Agent
@@ -14,7 +15,6 @@ from agent.planners import make_planner, parse_action
 from agent.planners.constrain import action_schema, validate_action
 from agent.planners.llava import LlavaPlanner, known_ids
 from agent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
-from fakes import FAKE_TOOLS
 from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import FakeFind, Noop
 from pydantic import Field
 
 from agent.errors import RunError, UsageError
@@ -20,7 +21,6 @@ from agent.planners.prompting import (
     tool_specs,
 )
 from agent.types import Action, ErrorStep, MediaInfo, PlannerStep, ToolStep
-from fakes import FakeFind, Noop
 from tools.base import Tool, ToolInput, ToolOutput
 
 SNAPSHOT = """[system]

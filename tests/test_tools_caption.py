@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from agent.config import load_config
-from agent.types import ErrorStep, ToolStep
+from tests.helpers import error_steps, tool_steps
 
 
 def _config(tiny_config, **models):
@@ -27,12 +27,6 @@ def _agent(config, pool, plan):
     return Agent(config, planner=ScriptedPlanner(plan), pool=pool)
 
 
-def _tool_steps(answer):
-    return [s for s in answer.trace.steps if isinstance(s, ToolStep)]
-
-
-def _errors(answer):
-    return [s for s in answer.trace.steps if isinstance(s, ErrorStep)]
 
 
 def test_caption_and_vqa_blip_through_the_agent(make_agent):
@@ -44,7 +38,7 @@ def test_caption_and_vqa_blip_through_the_agent(make_agent):
     ]
     ans = make_agent(plan).ask("Describe the image.", ["sample:coffee"])
     assert ans.ok, ans.error
-    cap, prefixed, vqa = _tool_steps(ans)
+    cap, prefixed, vqa = tool_steps(ans)
     assert cap.tool == "caption" and isinstance(cap.output["caption"], str)
     assert cap.observation.startswith("caption of img_0: ") and len(cap.observation) <= 500
     assert cap.models == ["tiny:blip"]
@@ -75,8 +69,8 @@ def test_caption_architectures(tiny_config, shared_pool, tiny, kind, model_cls):
     ]
     ans = _agent(config, shared_pool, plan).ask("q", ["sample:coffee"])
     assert ans.ok, ans.error
-    assert not _errors(ans), _errors(ans)
-    cap, vqa = _tool_steps(ans)
+    assert not error_steps(ans), error_steps(ans)
+    cap, vqa = tool_steps(ans)
     assert cap.models == [tiny] and isinstance(cap.output["caption"], str)
     assert isinstance(vqa.output["answer"], str)
     from agent.context import Models
@@ -102,11 +96,11 @@ def test_architecture_comes_from_the_config_not_the_name(tiny_config, tmp_path):
 
 
 def test_wrong_checkpoints_are_clear_errors(tiny_config, shared_pool):
+    import torch
+
     from agent.checkpoints import ensure_tiny
     from agent.errors import ToolError
     from tools.caption import load_captioner
-
-    import torch
 
     blip_caption = ensure_tiny("blip", "transformers", tiny_config.cache_path)
     with pytest.raises(ToolError, match="BlipForQuestionAnswering"):
@@ -124,8 +118,8 @@ def test_bad_arguments_are_error_observations(make_agent):
         {"final": "no", "evidence": []},
     ]
     ans = make_agent(plan).ask("q", ["sample:coffee"])
-    errors = _errors(ans)
-    assert len(errors) == 3 and not _tool_steps(ans)
+    errors = error_steps(ans)
+    assert len(errors) == 3 and not tool_steps(ans)
     assert "question must not be empty" in errors[0].message
     assert errors[1].source == "tool" and "img_7" in errors[1].message
     assert errors[2].source == "args" and "style" in errors[2].message
@@ -139,7 +133,7 @@ def test_max_new_tokens_option(tiny_config, shared_pool):
     ans = _agent(config, ModelPool(), [{"tool": "caption", "args": {"image": "img_0"}}, {"final": "x", "evidence": []}]).ask(
         "q", ["sample:chelsea"]
     )
-    (cap,) = _tool_steps(ans)
+    (cap,) = tool_steps(ans)
     from tools.caption import tiny_bert_tokenizer
 
     assert len(tiny_bert_tokenizer()(cap.output["caption"], add_special_tokens=False).input_ids) <= 3

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from agent.config import load_config
-from agent.types import ErrorStep, ToolStep
+from tests.helpers import ask_cli, error_steps, tool_steps
 
 BACKENDS = ["transformers", "official"]
 LOW = {"box_threshold": 0.0, "text_threshold": 0.0}
@@ -37,12 +34,6 @@ def _agent(config, pool, plan):
     return Agent(config, planner=ScriptedPlanner(plan), pool=pool)
 
 
-def _tool_steps(answer):
-    return [s for s in answer.trace.steps if isinstance(s, ToolStep)]
-
-
-def _errors(answer):
-    return [s for s in answer.trace.steps if isinstance(s, ErrorStep)]
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +76,9 @@ def test_phrase_formatting():
 
 
 def test_long_label_lists_are_split_under_the_token_limit(tiny_config):
-    from agent.checkpoints import ensure_tiny
     from transformers import AutoTokenizer
 
+    from agent.checkpoints import ensure_tiny
     from agent.errors import ToolError
     from tools.detect import plan_chunks
 
@@ -127,7 +118,7 @@ def test_detect_structure_and_pixels(backend_config, wide_image):
     ]
     ans = _agent(config, shared_pool, plan).ask("q", [wide_image])
     assert ans.ok, ans.error
-    low, default = _tool_steps(ans)
+    low, default = tool_steps(ans)
     out = low.output
     assert (out["width"], out["height"]) == (300, 120) and out["labels"] == ["red box", "background"]
     dets = out["detections"]
@@ -181,7 +172,7 @@ def test_backends_return_the_same_structure(tiny_config):
     for backend in BACKENDS:
         plan = [{"tool": "detect", "args": {"image": "img_0", "labels": ["cup", "table"], **LOW}}, {"final": "x", "evidence": []}]
         ans = _agent(_config(tiny_config, backend=backend), _pool(backend), plan).ask("q", ["sample:coffee"])
-        (step,) = _tool_steps(ans)
+        (step,) = tool_steps(ans)
         outputs[backend] = step.output
     a, b = outputs["transformers"], outputs["official"]
     assert set(a) == set(b)
@@ -202,7 +193,7 @@ def test_split_label_lists_run_in_one_batch(tiny_config):
     labels = ["cup", "coffee", "table", "red mug", "spoon", "saucer"]
     plan = [{"tool": "detect", "args": {"image": "img_0", "labels": labels, **LOW}}, {"final": "x", "evidence": []}]
     ans = _agent(config, pool, plan).ask("q", ["sample:coffee"])
-    (step,) = _tool_steps(ans)
+    (step,) = tool_steps(ans)
     found = {d["label"] for d in step.output["detections"]}
     assert found <= set(labels) and len(found) > 1
     with Models(config, pool).use("detect") as bundle:
@@ -226,8 +217,8 @@ def test_split_label_lists_run_in_one_batch(tiny_config):
 def test_bad_arguments_are_error_observations(make_agent, tool, args, fragment):
     plan = [{"tool": tool, "args": {"image": "img_0", **args}}, {"final": "no", "evidence": []}]
     ans = make_agent(plan).ask("q", ["sample:coffee"])
-    (error,) = _errors(ans)
-    assert not _tool_steps(ans)
+    (error,) = error_steps(ans)
+    assert not tool_steps(ans)
     assert fragment in error.message and error.tool == tool
     assert error.source == ("tool" if "image" in args else "args")
 
@@ -247,7 +238,7 @@ def test_count_is_detection_then_nms(backend_config):
     ]
     ans = _agent(config, shared_pool, plan).ask("How many cups?", ["sample:coffee"])
     assert ans.ok, ans.error
-    det, count, count_all = _tool_steps(ans)
+    det, count, count_all = tool_steps(ans)
     dets = det.output["detections"]
     boxes = torch.tensor([d["box"] for d in dets])
     scores = torch.tensor([d["score"] for d in dets])
@@ -272,7 +263,7 @@ def test_owlv2_checkpoint(tiny_config, shared_pool, wide_image):
     ]
     ans = _agent(config, shared_pool, plan).ask("q", [wide_image])
     assert ans.ok, ans.error
-    det, count = _tool_steps(ans)
+    det, count = tool_steps(ans)
     assert det.models == ["tiny:owlv2"]
     dets = det.output["detections"]
     assert dets and all(set(d) == DET_KEYS and d["label"] in {"cup", "table"} for d in dets)
@@ -322,19 +313,14 @@ def test_official_text_encoder_option(tiny_config, tmp_path):
 # -- CLI: scripted detect -> count on sample:coffee, each backend -----------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cli_scripted_detect_then_count(backend, tmp_path):
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(
-        "- tool: detect\n  args: {image: img_0, labels: [cup], box_threshold: 0.0, text_threshold: 0.0}\n"
-        "- tool: count\n  args: {image: img_0, label: cup, box_threshold: 0.0, text_threshold: 0.0}\n"
-        "- final: one cup\n  evidence: [det_2_0]\n"
-    )
-    cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:coffee", "How many cups?", "--profile", "tiny",
-           "--planner", f"script:{plan}", "--json"]  # fmt: skip
-    if backend == "official":
-        cfg = tmp_path / "config.yaml"
-        cfg.write_text("models:\n  detect:\n    checkpoint: tiny:grounding-dino\n    backend: official\n")
-        cmd += ["--config", str(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    zero = {"box_threshold": 0.0, "text_threshold": 0.0}
+    plan = [
+        {"tool": "detect", "args": {"image": "img_0", "labels": ["cup"], **zero}},
+        {"tool": "count", "args": {"image": "img_0", "label": "cup", **zero}},
+        {"final": "one cup", "evidence": ["det_2_0"]},
+    ]
+    config = {"models": {"detect": {"checkpoint": "tiny:grounding-dino", "backend": "official"}}} if backend == "official" else None
+    proc = ask_cli(tmp_path, ["sample:coffee"], "How many cups?", plan, config=config)
     assert proc.returncode == 0, proc.stderr[-2000:]
     answer = json.loads(proc.stdout)
     assert answer["answer"] == "one cup"

@@ -4,22 +4,19 @@ scanned ``page``: recognized words, ids, boxes, reading order, errors, agent and
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from agent.context import RunContext
 from agent.errors import ToolError
 from agent.media import MediaStore
 from agent.types import ErrorStep
+from tests.helpers import ask_cli
 from tools.base import OBSERVATION_LIMIT, REGION_ID_RE
 from tools.ocr import Ocr, OcrInput, OcrOutput, _reading_order
 
@@ -109,12 +106,7 @@ def test_agent_run_cites_a_line(make_agent: Any) -> None:
 
 def test_cli_scripted_ocr_on_page(tmp_path: Path) -> None:
     plan = [{"tool": "ocr", "args": {"image": "img_0"}}, {"final": "text read", "evidence": ["ocr_1_1"]}]
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
-    cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:page", "what does the page say?", "--profile", "tiny",
-           "--planner", f"script:{plan_file}", "--json"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-                          cwd=Path(__file__).parents[1])  # fmt: skip
+    proc = ask_cli(tmp_path, ["sample:page"], "what does the page say?", plan)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "answered"

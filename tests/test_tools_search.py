@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from agent.config import load_config
@@ -22,6 +19,7 @@ from agent.errors import ToolError
 from agent.media import MediaStore, sample_image
 from agent.pool import ModelPool
 from agent.types import ErrorStep
+from tests.helpers import ask_cli
 from tools.base import OBSERVATION_LIMIT
 from tools.search import Classify, ClassifyInput, DualEncoder, Search, SearchInput, is_image_file, scan_gallery
 
@@ -262,12 +260,7 @@ def test_cli_scripted_gallery_search(gallery: Path, tmp_path: Path) -> None:
     plan = [{"tool": "search", "args": {"query": "a rocket", "gallery": str(gallery), "top_k": 10}},
             {"tool": "classify", "args": {"image": "img_1", "labels": ["rocket", "cat"]}},
             {"final": "found it", "evidence": ["obs_1"]}]  # fmt: skip
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
-    cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:coffee", "find the rocket", "--profile", "tiny",
-           "--planner", f"script:{plan_file}", "--json"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-                          cwd=Path(__file__).parents[1])  # fmt: skip
+    proc = ask_cli(tmp_path, ["sample:coffee"], "find the rocket", plan)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "answered"

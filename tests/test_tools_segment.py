@@ -7,14 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -25,6 +22,7 @@ from agent.media import MediaStore
 from agent.planners import ScriptedPlanner
 from agent.pool import ModelPool
 from agent.types import ErrorStep, ToolStep
+from tests.helpers import ask_cli
 from tools.base import OBSERVATION_LIMIT
 from tools.segment import Mask, Prompts, Segment, SegmentInput, mask_to_rle, rle_to_mask
 
@@ -348,16 +346,8 @@ def test_scripted_detect_then_segment(backend: str, pools: dict) -> None:
 
 
 def _cli(tmp_path: Path, plan: list[dict[str, Any]], backend: str) -> dict[str, Any]:
-    plan_file = tmp_path / f"plan-{backend}.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
-    cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:coffee", "segment the cup", "--profile", "tiny",
-           "--planner", f"script:{plan_file}", "--json"]  # fmt: skip
-    if backend != "transformers":
-        cfg = tmp_path / f"{backend}.yaml"
-        cfg.write_text(yaml.safe_dump({"models": {"segment": _segment_config(backend)}}))
-        cmd += ["--config", str(cfg)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
+    config = None if backend == "transformers" else {"models": {"segment": _segment_config(backend)}}
+    proc = ask_cli(tmp_path, ["sample:coffee"], "segment the cup", plan, config=config)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 

@@ -23,9 +23,17 @@ from agent.errors import MediaError, ToolError
 from agent.media import MediaStore
 from agent.pool import ModelPool
 from agent.types import ErrorStep
+from tests.helpers import ask_cli
 from tools.base import OBSERVATION_LIMIT
 from tools.video import (
-    VideoFrames, VideoFramesInput, VideoQA, VideoQAInput, VideoReadError, decode_all, probe, sample_frames,
+    VideoFrames,
+    VideoFramesInput,
+    VideoQA,
+    VideoQAInput,
+    VideoReadError,
+    decode_all,
+    probe,
+    sample_frames,
     uniform_timestamps,
 )  # fmt: skip
 
@@ -271,12 +279,7 @@ def test_cli_video_frames_then_count(videos: dict[str, Path], tmp_path: Path) ->
     plan: list[dict[str, Any]] = [{"tool": "video_frames", "args": {"video": "vid_0", "frames": 3}}]
     plan += [{"tool": "count", "args": {"image": f"img_{i}", "label": "person", "box_threshold": 0.0}} for i in range(3)]
     plan.append({"final": "done", "evidence": ["obs_1", "obs_2"]})
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
-    cmd = [sys.executable, "-m", "agent.cli", "ask", str(video), "how many people appear in the video?",
-           "--profile", "tiny", "--planner", f"script:{plan_file}", "--json"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-                          cwd=Path(__file__).parents[1])  # fmt: skip
+    proc = ask_cli(tmp_path, [str(video)], "how many people appear in the video?", plan)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "answered"

@@ -295,28 +295,26 @@ def _save(model: Any, processor: Any, folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
-@register_tiny("blip")
-def build_tiny_blip(folder: Path) -> None:
-    """Tiny random ``BlipForConditionalGeneration`` + ``BlipProcessor`` (32 px)."""
+def _build_tiny_blip(folder: Path, model_class: str) -> None:
     import torch
-    from transformers import BlipForConditionalGeneration
+    import transformers
 
     torch.manual_seed(0)
     processor = _blip_processor()
-    model = BlipForConditionalGeneration(_blip_config(processor)).eval()
+    model = getattr(transformers, model_class)(_blip_config(processor)).eval()
     _save(model, processor, folder)
+
+
+@register_tiny("blip")
+def build_tiny_blip(folder: Path) -> None:
+    """Tiny random ``BlipForConditionalGeneration`` + ``BlipProcessor`` (32 px)."""
+    _build_tiny_blip(folder, "BlipForConditionalGeneration")
 
 
 @register_tiny("blip-vqa")
 def build_tiny_blip_vqa(folder: Path) -> None:
     """Tiny random ``BlipForQuestionAnswering`` + ``BlipProcessor`` (32 px)."""
-    import torch
-    from transformers import BlipForQuestionAnswering
-
-    torch.manual_seed(0)
-    processor = _blip_processor()
-    model = BlipForQuestionAnswering(_blip_config(processor)).eval()
-    _save(model, processor, folder)
+    _build_tiny_blip(folder, "BlipForQuestionAnswering")
 
 
 _OPT_SPECIALS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}

@@ -305,7 +305,6 @@ class DetectorBundle:
     def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """One batched forward of ``image`` with each caption. Returns (probs (B, Q, T) float32,
         boxes (B, Q, 4) normalized cxcywh float32, input_ids (B, T') as the model tokenized them)."""
-        import torch
 
         self.forwards += 1
         if self.backend == "official":

@@ -140,6 +140,13 @@ def _tiny_vision_config(image_size: int = 32) -> Any:
     )
 
 
+def _save_tiny_llava(model: Any, processor: Any, tok: Any, folder: Path) -> None:
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 @register_tiny("llava")
 def build_tiny_llava(folder: Path) -> None:
     """Tiny LLaVA-1.5: CLIP ViT (32 px, 8 px patches -> 16 image tokens) + 2-layer Llama."""
@@ -159,9 +166,6 @@ def build_tiny_llava(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = LlavaProcessor(
         image_processor=image_processor,
@@ -171,7 +175,7 @@ def build_tiny_llava(folder: Path) -> None:
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    processor.save_pretrained(folder)
+    _save_tiny_llava(model, processor, tok, folder)
 
 
 @register_tiny("llava-next")
@@ -198,9 +202,6 @@ def build_tiny_llava_next(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlavaNextForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
     )
@@ -212,7 +213,7 @@ def build_tiny_llava_next(folder: Path) -> None:
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    processor.save_pretrained(folder)
+    _save_tiny_llava(model, processor, tok, folder)
 
 
 @register_tiny("llava-onevision")
@@ -257,9 +258,6 @@ def build_tiny_llava_onevision(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
     size = {"height": 32, "width": 32}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
@@ -269,4 +267,4 @@ def build_tiny_llava_onevision(folder: Path) -> None:
         vision_feature_select_strategy="full",
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    processor.save_pretrained(folder)
+    _save_tiny_llava(model, processor, tok, folder)

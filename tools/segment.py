@@ -610,7 +610,6 @@ class Segment(Tool):
         return Prompts(boxes or None, points or None, labels), sources
 
     def run(self, input: SegmentInput, ctx: Any) -> SegmentOutput:  # noqa: A002
-        import numpy as np
 
         image = ctx.image(input.image)
         width, height = image.size

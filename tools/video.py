@@ -316,8 +316,13 @@ def build_tiny_video_llava(folder: Path) -> None:
     with a byte-level BPE tokenizer holding ``<image>`` and ``<video>``."""
     import torch
     from transformers import (
-        CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration,
-        VideoLlavaImageProcessor, VideoLlavaProcessor, VideoLlavaVideoProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        VideoLlavaConfig,
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+        VideoLlavaProcessor,
+        VideoLlavaVideoProcessor,
     )  # fmt: skip
 
     from tools._tiny_text import byte_level_tokenizer

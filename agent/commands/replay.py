@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Optional[Path], typer.Option(help="save an HTML report of the replayed run")] = None,
     ) -> None:
         """Replay TRACE without models: exit 0 if it reaches the recorded answer, 1 where it diverges."""
-        from agent.cli import Exit, err, out
+        from agent.cli import Exit, out
         from agent.replay import replay as run_replay
 
         result = run_replay(trace, planner=planner)

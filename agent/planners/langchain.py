@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.planners.grounding import default_checks
 from agent.errors import PlannerOutputError, RunError, UsageError
 from agent.planners import register_planner
 from agent.planners.base import PlannerState
+from agent.planners.grounding import default_checks
 from agent.planners.llava import parse_json_text
 from agent.planners.prompting import (
     Message,

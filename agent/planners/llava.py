@@ -32,11 +32,11 @@ import re
 import time
 from typing import Any
 
-from agent.planners.grounding import default_checks
 from agent.errors import PlannerOutputError, UsageError
 from agent.planners import register_planner
 from agent.planners.base import PlannerState
 from agent.planners.constrain import SchemaLimits, action_schema, grammar_cache
+from agent.planners.grounding import default_checks
 from agent.planners.parsing import decision_from_dict, parse_action
 from agent.planners.prompting import Message, PromptOptions, fit_messages
 from agent.types import PlannerReply, ToolStep
