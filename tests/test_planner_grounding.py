@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import FAKE_TOOLS
 
 from agent.planners import FunctionPlanner, ScriptedPlanner
 from agent.planners.grounding import answer_number, count_check, default_checks, evidence_check
 from agent.types import ErrorStep, Final, NoteStep, PlannerStep, ToolStep
+from tests.fakes import FAKE_TOOLS
 from tools.base import Region, Tool, ToolInput, ToolOutput
 
 

@@ -6,7 +6,6 @@ import json
 from typing import Any, Literal
 
 import pytest
-from fakes import FAKE_TOOLS
 from pydantic import BaseModel, Field
 
 from agent.agent import Agent
@@ -15,6 +14,7 @@ from agent.planners import make_planner, parse_action
 from agent.planners.constrain import action_schema, validate_action
 from agent.planners.llava import LlavaPlanner, known_ids
 from agent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
+from tests.fakes import FAKE_TOOLS
 from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
 
@@ -141,6 +141,16 @@ def test_other_llava_architectures(checkpoint: str, tiny_config: Any, shared_poo
     stats = {m["checkpoint"]: m for m in shared_pool.stats()["models"]}
     assert checkpoint in stats
     assert answer.trace.meta.planner == f"llava:{checkpoint}"
+
+
+def test_planner_checkpoint_of_another_architecture_is_refused(tiny_config: Any) -> None:
+    from agent.checkpoints import ensure_tiny
+    from agent.errors import UsageError
+    from tools.planner_models import load_planner
+
+    blip = ensure_tiny("blip", "transformers", tiny_config.cache_path)
+    with pytest.raises(UsageError, match=r"model_type 'blip'; supported: llava, .*any_architecture: true"):
+        load_planner(str(blip), "cpu", None, {})
 
 
 def test_action_schema_bounds_and_ids() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import FakeFind, Noop
 from pydantic import Field
 
 from agent.errors import RunError, UsageError
@@ -21,6 +20,7 @@ from agent.planners.prompting import (
     tool_specs,
 )
 from agent.types import Action, ErrorStep, MediaInfo, PlannerStep, ToolStep
+from tests.fakes import FakeFind, Noop
 from tools.base import Tool, ToolInput, ToolOutput
 
 SNAPSHOT = """[system]

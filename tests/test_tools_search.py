@@ -131,7 +131,7 @@ def test_search_errors(shared_pool: Any, tmp_path: Path) -> None:
 
 def test_non_dual_encoder_checkpoint_is_refused(shared_pool: Any) -> None:
     ctx = _ctx(_config("tiny:video-llava"), ModelPool(), "sample:coffee")
-    with pytest.raises(ToolError, match="'video_llava' model; search supports clip, siglip, flava"):
+    with pytest.raises(ToolError, match="model_type 'video_llava'; supported: clip, siglip, flava"):
         Search().run(SearchInput(query="x"), ctx)
 
 

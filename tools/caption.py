@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 
 from agent.errors import ToolError
 from tools.base import Tool, ToolInput, ToolOutput, clip_text
-from tools.models import register_loader, register_tiny
+from tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -159,12 +159,10 @@ def _model_class(kind: str, task: str, config: Any, checkpoint: str) -> Any:
 def load_captioner(checkpoint: str, device: str, dtype: Any, options: dict[str, Any], task: str) -> CaptionBundle:
     """Load a caption / VQA checkpoint (Hub id or folder) with ``from_pretrained``; the
     architecture comes from the checkpoint's ``config.json`` ``model_type``."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = checked_config(checkpoint, task, SUPPORTED)
     kind = config.model_type
-    if kind not in SUPPORTED:
-        raise ToolError(f"{task} checkpoint {checkpoint} has model_type '{kind}'; supported: {', '.join(SUPPORTED)}")
     model_cls = _model_class(kind, task, config, checkpoint)
     model = model_cls.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)

@@ -52,7 +52,7 @@ from pydantic import Field, field_validator
 
 from agent.errors import ToolError
 from tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
-from tools.models import register_loader, register_tiny
+from tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -394,16 +394,13 @@ class DetectorBundle:
 def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> DetectorBundle:
     """Load a transformers Grounding DINO / OWLv2 checkpoint (Hub id or folder); the architecture
     comes from the checkpoint's ``config.json`` ``model_type``."""
-    from transformers import AutoConfig, AutoProcessor
+    import transformers
+    from transformers import AutoProcessor
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    classes = {"grounding-dino": "GroundingDinoForObjectDetection", "owlv2": "Owlv2ForObjectDetection"}
+    config = checked_config(checkpoint, "detect", classes)
     kind = config.model_type
-    if kind == "grounding-dino":
-        from transformers import GroundingDinoForObjectDetection as model_cls
-    elif kind == "owlv2":
-        from transformers import Owlv2ForObjectDetection as model_cls
-    else:
-        raise ToolError(f"detect checkpoint {checkpoint} has model_type '{kind}'; supported: grounding-dino, owlv2")
+    model_cls = getattr(transformers, classes[kind])
     model = model_cls.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     max_text_len = _text_limit(int(getattr(config, "max_text_len", 256)), options)

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
+
+from agent.errors import ToolError
 
 Loader = Callable[[str, str, Any, dict[str, Any]], Any]
 TinyBuilder = Callable[[Path], None]
@@ -52,3 +54,16 @@ def loaders() -> dict[tuple[str, str], Loader]:
 
 def tiny_builders() -> dict[tuple[str, str], TinyBuilder]:
     return dict(_TINY)
+
+
+def checked_config(checkpoint: str, what: str, supported: Collection[str], *, error: type[Exception] = ToolError, hint: str = "") -> Any:
+    """The checkpoint's ``config.json`` (``AutoConfig``); the architecture is its ``model_type``, never
+    the checkpoint's name. One that ``what`` cannot run is an ``error`` naming it and what is supported."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    if config.model_type not in supported:
+        raise error(
+            f"{what} checkpoint {checkpoint} has model_type '{config.model_type}'; supported: {', '.join(supported)}{hint}"
+        )
+    return config

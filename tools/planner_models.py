@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.models import register_loader, register_tiny
+from tools.models import checked_config, register_loader, register_tiny
+
+LLAVA_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava")
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +73,12 @@ def load_planner(checkpoint: str, device: str, dtype: Any, options: dict[str, An
 
     from agent.errors import UsageError
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    if options.get("any_architecture"):
+        config = AutoConfig.from_pretrained(checkpoint)
+    else:
+        hint = " (a LLaVA family model), or set models.planner.options.any_architecture: true"
+        config = checked_config(checkpoint, "planner", LLAVA_TYPES, error=UsageError, hint=hint)
     model_type = config.model_type
-    if model_type not in {"llava", "llava_next", "llava_onevision", "video_llava"} and not options.get("any_architecture"):
-        raise UsageError(
-            f"planner checkpoint {checkpoint} has model_type '{model_type}'; expected a LLaVA family model "
-            "(llava, llava_next, llava_onevision) or set models.planner.options.any_architecture: true"
-        )
     processor = AutoProcessor.from_pretrained(checkpoint)
     if getattr(processor, "chat_template", None) is None:
         raise UsageError(f"planner checkpoint {checkpoint} has no chat template in its processor")

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, field_validator
 from agent.errors import ToolError
 from agent.media import file_sha256
 from tools.base import Tool, ToolInput, ToolOutput, clip_text
-from tools.models import register_loader, register_tiny
+from tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -100,13 +100,9 @@ class DualEncoder:
 @register_loader(FAMILY, "transformers")
 def load_dual_encoder(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> DualEncoder:
     """CLIP / SigLIP / FLAVA from a Hub id or local folder (``AutoModel`` + ``AutoProcessor``)."""
-    from transformers import AutoConfig, AutoModel, AutoProcessor
+    from transformers import AutoModel, AutoProcessor
 
-    model_type = AutoConfig.from_pretrained(checkpoint).model_type
-    if model_type not in SUPPORTED:
-        raise ToolError(
-            f"checkpoint {checkpoint} is a '{model_type}' model; search supports {', '.join(SUPPORTED)}"
-        )
+    model_type = checked_config(checkpoint, "search", SUPPORTED).model_type
     model = AutoModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     scale = float(model.logit_scale.detach().float().exp().reshape(-1)[0]) if hasattr(model, "logit_scale") else 100.0

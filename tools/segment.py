@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from agent.errors import ToolError
 from tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
-from tools.models import register_loader, register_tiny
+from tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -299,18 +299,11 @@ class SamBundle:
 def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> SamBundle:
     """Load a transformers SAM / SAM 2 checkpoint (Hub id or folder); the architecture comes from
     the checkpoint's ``config.json`` ``model_type``."""
-    from transformers import AutoConfig
+    import transformers
 
-    config = AutoConfig.from_pretrained(checkpoint)
-    kind = config.model_type
-    if kind == "sam":
-        from transformers import SamModel as model_cls
-        from transformers import SamProcessor as proc_cls
-    elif kind == "sam2":
-        from transformers import Sam2Model as model_cls
-        from transformers import Sam2Processor as proc_cls
-    else:
-        raise ToolError(f"segment checkpoint {checkpoint} has model_type '{kind}'; supported: sam, sam2")
+    classes = {"sam": ("SamModel", "SamProcessor"), "sam2": ("Sam2Model", "Sam2Processor")}
+    kind = checked_config(checkpoint, "segment", classes).model_type
+    model_cls, proc_cls = (getattr(transformers, name) for name in classes[kind])
     model = model_cls.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = proc_cls.from_pretrained(checkpoint)
     return SamBundle("transformers", kind, model, processor, device, dtype, checkpoint)
