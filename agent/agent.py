@@ -173,7 +173,8 @@ class RunStream:
         tools = self.agent.tools
         tool_classes = {name: type(t) for name, t in tools.items()}
         warnings = self.warnings  # final checks may add to run.warnings
-        for _ in range(self.max_steps):
+        for i in range(self.max_steps):
+            self.step_number = i  # 0-based; final checks and planners see how many steps are left
             if errors > limits.max_retries:
                 last = next(s for s in reversed(self.trace.steps) if isinstance(s, ErrorStep))
                 self._finish(
@@ -188,6 +189,7 @@ class RunStream:
                 history=self.history,
                 images=self.media.image,
                 max_steps=self.max_steps,
+                step=i,
             )
             t0 = time.perf_counter()
             try:

@@ -142,7 +142,9 @@ def _print_answer(answer: Any) -> None:
             else:
                 out.print(f"  {ev.id}  {ev.tool} (step {ev.step}): {ev.observation}")
     n_tools = len(answer.trace.tool_steps())
-    out.print(f"[dim]{len(answer.trace.steps)} steps, {n_tools} tool calls, {answer.trace.meta.ms or 0:.0f} ms[/dim]")
+    n_steps = len(answer.trace.steps)
+    counts = f"{n_steps} step{'s' * (n_steps != 1)}, {n_tools} tool call{'s' * (n_tools != 1)}"
+    out.print(f"[dim]{counts}, {answer.trace.meta.ms or 0:.0f} ms[/dim]")
 
 
 @app.command()

@@ -84,6 +84,11 @@ def test_ungrounded_final_is_sent_back_then_accepted_with_warning(make_agent: An
     stubborn = [COUNT, {"final": "3 cups", "evidence": []}, {"final": "3 cups", "evidence": []}]
     answer = make_agent(stubborn, tools=TOOLS, final_checks=[evidence_check(max_sendbacks=1)]).ask("How many cups?", ["sample:coffee"])
     assert answer.ok and answer.warnings == ["the answer cites no evidence"]
+    # at the last allowed step there is no turn left to fix it: accepted at once, marked
+    last = make_agent([COUNT, {"final": "3 cups", "evidence": []}], tools=TOOLS, final_checks=default_checks())
+    answer = last.ask("How many cups?", ["sample:coffee"], max_steps=2)
+    assert answer.ok and answer.warnings == ["the answer cites no evidence"]
+    assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep)]
 
 
 def test_question_without_tools_needs_no_evidence(make_agent: Any) -> None:

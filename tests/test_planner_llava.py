@@ -12,6 +12,7 @@ from agent.agent import Agent
 from agent.errors import PlannerOutputError
 from agent.planners import make_planner, parse_action
 from agent.planners.constrain import action_schema, validate_action
+from agent.planners.grounding import NEEDS_TOOLS_RE, NO_EVIDENCE, final_rules
 from agent.planners.llava import LlavaPlanner, known_ids
 from agent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
 from tests.fakes import FAKE_TOOLS
@@ -64,9 +65,13 @@ def _check_run(answer: Any, tools: dict[str, type[Tool]], max_steps: int) -> int
     planner_steps = [s for s in answer.trace.steps if isinstance(s, PlannerStep)]
     assert planner_steps, "the planner made no step"
     assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source in ("planner", "args")]
+    # the grammar never offers a final that the evidence check would send back
+    assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.message.startswith(NO_EVIDENCE)]
     known: list[str] = []
+    n = 0
     for step in answer.trace.steps:
         if isinstance(step, PlannerStep):
+            n += 1
             obj = json.loads(step.raw, strict=False)
             schema = action_schema(tools, known_ids=known, media={"image": ["img_0"], "video": []})
             assert validate_action(obj, schema) == [], step.raw
@@ -74,6 +79,9 @@ def _check_run(answer: Any, tools: dict[str, type[Tool]], max_steps: int) -> int
                 tools[step.action.tool].Input.model_validate(step.action.args)
             else:
                 assert set(step.action.evidence) <= set(known)
+                assert step.action.evidence or not known, step.raw  # cite when there is something to cite
+                if n < max_steps:  # and, before the last step, answer a question that needs tools only after a tool ran
+                    assert known or not NEEDS_TOOLS_RE.search(answer.trace.meta.question), step.raw
             assert step.tokens > 0
         elif isinstance(step, ToolStep):
             known += [r for r in _region_ids(step.output)] + [f"obs_{step.call}"]
@@ -176,6 +184,26 @@ def test_action_schema_bounds_and_ids() -> None:
     assert "pattern" in many["properties"]["evidence"]["items"]  # too many to list: the id shape
     assert validate_action({"thought": "", "final": "y", "evidence": ["det_1_499"]}, many) == []
     assert validate_action({"thought": "", "final": "y", "evidence": ["img_0"]}, many)
+    cite = action_schema({}, known_ids=["obs_1"], require_evidence=True)
+    assert validate_action({"thought": "", "final": "y", "evidence": []}, cite)
+    assert validate_action({"thought": "", "final": "y", "evidence": ["obs_1"]}, cite) == []
+    assert all("final" not in o["properties"] for o in action_schema(tools, allow_final=False)["anyOf"])
+
+
+def test_final_rules_follow_the_evidence_check() -> None:
+    from agent.planners.base import PlannerState
+
+    def state(question: str, steps: list[Any], step: int = 0) -> PlannerState:
+        return PlannerState(question=question, media=[], steps=steps, tools={}, max_steps=3, step=step)
+
+    plan = PlannerStep(index=0, action=Final(answer="x", evidence=[]))
+    sent_back = ErrorStep(index=1, source="final", message=NO_EVIDENCE + ": call a tool first")
+    assert final_rules(state("How many cups?", []), []) == (False, False)  # call a tool first
+    assert final_rules(state("Describe the picture.", []), []) == (True, False)
+    assert final_rules(state("How many cups?", []), ["obs_1"]) == (True, True)  # must cite
+    assert final_rules(state("How many cups?", [plan, sent_back]), []) == (True, False)  # sent back once
+    assert final_rules(state("How many cups?", [plan], step=2), ["obs_1"]) == (True, True)  # last step: still cite
+    assert final_rules(state("How many cups?", [plan], step=2), []) == (True, False)  # nothing to cite: answer
 
 
 def test_known_ids_from_steps_and_history(make_agent: Any) -> None:

@@ -28,6 +28,7 @@ class PlannerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     images: Any = None  # Callable[[str], Image.Image]
     max_steps: int = 8
+    step: int = 0  # 0-based number of this planner call in the run (``max_steps - 1``: the last)
 
     def image(self, media_id: str) -> "Image.Image":
         return self.images(media_id)

@@ -137,11 +137,13 @@ def action_schema(
     media: Mapping[str, list[str]] | None = None,
     limits: SchemaLimits | None = None,
     allow_final: bool = True,
+    require_evidence: bool = False,
 ) -> dict[str, Any]:
     """The JSON schema of one planner action over ``tools`` ({name: Tool class or instance}).
 
     ``media``: ``{"image": [ids], "video": [ids]}`` to restrict media-id fields; ``known_ids``:
-    the region / observation ids a final answer may cite.
+    the region / observation ids a final answer may cite (at least one of them when
+    ``require_evidence`` and there are any).
     """
     limits = limits or SchemaLimits()
     media = media or {}
@@ -168,6 +170,8 @@ def action_schema(
             evidence = {"type": "array", "items": {"enum": ids}, "maxItems": min(limits.evidence_items, len(ids))}
         else:  # too many to list (grammar size): the id shape; the loop rejects unknown ones
             evidence = {"type": "array", "items": {"type": "string", "pattern": ID_PATTERN}, "maxItems": limits.evidence_items}
+        if ids and require_evidence:
+            evidence["minItems"] = 1
         options.append(
             {
                 "type": "object",

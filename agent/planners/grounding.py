@@ -7,13 +7,15 @@ before the final step and copied into ``Answer.warnings``.
 
 - ``evidence_check``: a final that cites nothing, for a question that needed tools (a tool ran in
   this run, or the question asks to count, locate, read, segment ...), is sent back
-  ``max_sendbacks`` times (default 1); after that it is accepted with a warning.
+  ``max_sendbacks`` times (default 1) while steps are left; after that it is accepted with a warning.
   (Unknown ids are always sent back by the loop itself.)
 - ``count_check``: when a count tool ran, the first number in the answer (digits or a number word
   up to twenty; region ids and bracketed boxes ignored) is compared with the tool's ``count``. A
   mismatch, or no number at all, adds a warning naming both values; the answer is never changed.
 
-``default_checks()`` returns both.
+``default_checks()`` returns both. ``final_rules`` tells a constrained planner what a final answer
+may look like at a given step, so that its grammar never offers a final the evidence check would
+send back.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent.types import Final, ToolStep
+from agent.types import ErrorStep, Final, ToolStep
 
 FinalCheck = Callable[[Final, Any], "str | None"]
 
@@ -104,6 +106,26 @@ def needs_tools(question: str, run: Any) -> bool:
     return bool(NEEDS_TOOLS_RE.search(question))
 
 
+NO_EVIDENCE = "the final answer cites no evidence"
+
+
+def final_rules(state: Any, known_ids: Sequence[str]) -> tuple[bool, bool]:
+    """``(allow_final, require_evidence)`` for the next action of a constrained planner.
+
+    Mirrors ``evidence_check``: with citable ids a final must cite at least one; with none, a final
+    to a question that needs tools is not offered (the planner calls a tool first) until the last
+    allowed step or once a final was sent back for citing nothing; the check then accepts it with
+    a warning.
+    """
+    if any(isinstance(s, ErrorStep) and s.message.startswith(NO_EVIDENCE) for s in state.steps):
+        return True, False
+    if known_ids:
+        return True, True
+    if state.step + 1 >= state.max_steps:
+        return True, False
+    return not NEEDS_TOOLS_RE.search(state.question), False
+
+
 def evidence_check(max_sendbacks: int = 1) -> FinalCheck:
     """Send back (bounded) a final answer that cites no evidence for a question that needed tools."""
 
@@ -111,11 +133,12 @@ def evidence_check(max_sendbacks: int = 1) -> FinalCheck:
         if final.evidence or not run.agent.tools or not needs_tools(run.question, run):
             return None
         sent = getattr(run, "_ungrounded_sendbacks", 0)
-        if sent < max_sendbacks:
+        steps_left = run.max_steps - getattr(run, "step_number", 0) - 1
+        if sent < max_sendbacks and steps_left > 0:  # at the last step there is no turn left to fix it
             run._ungrounded_sendbacks = sent + 1
             ran = any(isinstance(s, ToolStep) for s in run.trace.steps)
             hint = "cite the ids of the observations that support it" if ran else "call a tool first, then cite its ids"
-            return f"the final answer cites no evidence: {hint} (region ids like det_1_0, or obs_N)"
+            return f"{NO_EVIDENCE}: {hint} (region ids like det_1_0, or obs_N)"
         _warn(run, "the answer cites no evidence")
         return None
 

@@ -36,7 +36,7 @@ from agent.errors import PlannerOutputError, UsageError
 from agent.planners import register_planner
 from agent.planners.base import PlannerState
 from agent.planners.constrain import SchemaLimits, action_schema, grammar_cache
-from agent.planners.grounding import default_checks
+from agent.planners.grounding import default_checks, final_rules
 from agent.planners.parsing import decision_from_dict, parse_action
 from agent.planners.prompting import Message, PromptOptions, fit_messages
 from agent.types import PlannerReply, ToolStep
@@ -186,9 +186,13 @@ class LlavaPlanner:
                 gen.update(temperature=None, top_p=None, top_k=None)
             schema = None
             if self.constrained:
+                ids = known_ids(state)
+                allow_final, require_evidence = final_rules(state, ids)
                 schema = action_schema(
                     state.tools,
-                    known_ids=known_ids(state),
+                    known_ids=ids,
+                    allow_final=allow_final or not state.tools,
+                    require_evidence=require_evidence,
                     media={
                         "image": [m.id for m in state.media if m.kind == "image"],
                         "video": [m.id for m in state.media if m.kind == "video"],
