@@ -1,11 +1,14 @@
 # visagent — setup, demo and tests.
-#   make demo   install everything into .venv and run the demo (offline: tiny profile + real OCR)
+#   make demo   install everything into .venv and run the demo (offline: tiny profile + real OCR;
+#               make demo PROFILE=default with the real checkpoints)
 #   make test   install everything into .venv and run the test suite (offline, CPU)
 # Override TORCH for another platform, e.g. make test TORCH="torch torchvision".
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# the demo's profile: tiny (offline, built locally) or default (the real checkpoints)
+PROFILE ?= tiny
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
@@ -28,8 +31,8 @@ browser:
 	  else echo "note: install Debian's chromium (sudo apt-get install chromium) for the report browser test"; fi; }
 
 demo: install
-	$(BIN)/visagent ask sample:coffee "How many cups are there?" --profile tiny
-	$(BIN)/visagent ask sample:page "What does the page say?" --profile tiny --planner script:examples/read_page.yaml
+	$(BIN)/visagent ask sample:coffee "How many cups are there?" --profile $(PROFILE)
+	$(BIN)/visagent ask sample:page "What does the page say?" --profile $(PROFILE) --planner script:examples/read_page.yaml
 
 test: install browser
 	$(BIN)/python -m pytest -q
