@@ -12,8 +12,9 @@ arguments match a recorded call are served from the recording (region ids renumb
 call), other calls run the real tool (loading its model).
 
 The media are re-loaded from ``meta.media`` sources (``sample:NAME`` or file paths) and checked
-against their recorded sha256. Images a tool produced during the run (video frames) are not
-re-created: a new call that needs their pixels gets a tool error.
+against their recorded sha256. Images a tool produced during the run (video frames) are
+re-created by the tool's ``replay_effects`` when its call is served (``video_frames`` samples the
+video again and checks the timestamps), so later calls and a new planner see their pixels.
 """
 
 from __future__ import annotations
@@ -221,9 +222,10 @@ def replay_tool(name: str, recording: Recording, real: type[Tool] | None, run_mi
         if real is None:
             return RecordedOutput.model_validate({**data, "__observation__": step.observation})
         try:
-            return output_cls.model_validate(data)
+            out = output_cls.model_validate(data)
         except ValidationError as exc:
             raise ToolError(f"the recorded output no longer fits {name}'s Output: {exc.errors()[0]['msg']}") from None
+        return real.replay_effects(inp, out, ctx)
 
     attrs: dict[str, Any] = {
         "name": name,
@@ -276,7 +278,11 @@ def first_divergence(recorded: list[Step], replayed: list[Step]) -> dict[str, An
         a = step_signature(recorded[i]) if i < len(recorded) else None
         b = step_signature(replayed[i]) if i < len(replayed) else None
         if a != b:
-            return {"step": i, "expected": a, "got": b}
+            out = {"step": i, "expected": a, "got": b}
+            for key, steps in (("expected_message", recorded), ("got_message", replayed)):
+                if i < len(steps) and isinstance(steps[i], ErrorStep):  # errors compare by kind; say what they said
+                    out[key] = steps[i].message
+            return out
     return None
 
 

@@ -46,6 +46,9 @@ class TraceWriter:
     def answer(self, answer: Answer) -> None:
         data = answer.model_dump(mode="json", exclude={"trace"})
         data["type"] = "answer"
+        if answer.trace is not None:  # what the meta line could not know yet: frames added, timing
+            meta = answer.trace.meta
+            data["meta_end"] = {"media": [m.model_dump(mode="json") for m in meta.media], "finished": meta.finished, "ms": meta.ms}
         self._write(json.dumps(data))
 
     def close(self) -> None:
@@ -82,7 +85,14 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[Trace, dict[str, Any] | No
             elif kind == "answer":
                 if not runs:
                     raise UsageError(f"{p}:{n}: answer before the run's meta line")
-                runs[-1] = (runs[-1][0], data)
+                trace = runs[-1][0]
+                end = data.pop("meta_end", None)
+                if end:  # the meta line stays authoritative for the inputs; frames added during the run join them
+                    meta = trace.meta.model_dump(mode="json")
+                    known = {m["id"] for m in meta["media"]}
+                    end["media"] = meta["media"] + [m for m in end.get("media", []) if m.get("id") not in known]
+                    trace.meta = RunMeta.model_validate({**meta, **end})
+                runs[-1] = (trace, data)
             else:
                 if not runs:
                     raise UsageError(f"{p}:{n}: step before the run's meta line")

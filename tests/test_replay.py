@@ -162,3 +162,45 @@ def test_replan_to_a_different_answer_exits_1(recorded, tmp_path, capsys):
     assert main(["replay", str(recorded), "--planner", f"script:{plan}", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["replanned"] and data["answer"] == "2 cups" and data["recorded_answer"] == "1 cup"
+
+
+def test_replay_recreates_the_frames_a_tool_registered(make_agent, tmp_path, capsys):
+    from agent.registry import load_builtin_tools
+    from tests.helpers import write_video
+
+    video = write_video(tmp_path / "clip.mp4", [i / 10 for i in range(30)])  # 3 s at 10 fps
+    frames_tool = load_builtin_tools()["video_frames"]
+    plan = [
+        {"tool": "video_frames", "args": {"video": "vid_0", "frames": 3}},
+        {"tool": "fake_find", "args": {"image": "img_1", "label": "car", "n": 1}},
+        {"final": "a car", "evidence": ["det_2_0"]},
+    ]
+    path = tmp_path / "trace.jsonl"
+    answer = make_agent(plan, tools=[*FAKE_TOOLS, frames_tool]).ask("Is there a car?", [str(video)], trace_path=path)
+    assert answer.ok
+
+    result = replay(path, tools=[*FAKE_TOOLS, frames_tool])
+    assert result.same, result.divergence
+    # re-planning: a new call on a frame needs its pixels, which replay re-created from the video
+    new_plan = tmp_path / "plan.yaml"
+    new_plan.write_text(yaml.safe_dump([
+        {"tool": "video_frames", "args": {"video": "vid_0", "frames": 3}},
+        {"tool": "fake_find", "args": {"image": "img_2", "label": "car", "n": 3}},
+        {"final": "a car", "evidence": ["det_2_0"]},
+    ]))  # fmt: skip
+    result = replay(path, planner=f"script:{new_plan}", tools=[*FAKE_TOOLS, frames_tool])
+    assert (result.served, result.ran) == (1, 1)
+    assert result.answer.ok and len(result.answer.trace.tool_steps()[1].output["detections"]) == 3
+    frames = [m for m in result.answer.trace.meta.media if m.parent == "vid_0"]
+    assert [m.id for m in frames] == ["img_0", "img_1", "img_2"]
+    recorded = [m for m in read_trace(path)[0].meta.media if m.parent == "vid_0"]
+    assert [m.sha256 for m in frames] == [m.sha256 for m in recorded]  # the same pixels
+    # frames that the video no longer gives at the recorded times are a divergence, not a silent success
+    lines = _lines(path)
+    step = next(d for d in lines if d.get("type") == "tool" and d.get("tool") == "video_frames")
+    step["output"]["frames"][1]["timestamp"] += 0.5
+    _write(path, lines)
+    result = replay(path, tools=[*FAKE_TOOLS, frames_tool])
+    assert not result.same and "differ from the recorded ones" in result.divergence["got_message"]
+    assert main(["replay", str(path)]) == 1
+    assert "replayed error: video_frames: the frames of vid_0 sampled now" in capsys.readouterr().out

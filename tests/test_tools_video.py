@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,9 @@ from agent.errors import MediaError, ToolError
 from agent.media import MediaStore
 from agent.pool import ModelPool
 from agent.types import ErrorStep
-from tests.helpers import ask_cli
+from tests.helpers import VIDEO_H as H
+from tests.helpers import VIDEO_W as W
+from tests.helpers import ask_cli, frame_index, write_video
 from tools.base import OBSERVATION_LIMIT
 from tools.video import (
     VideoFrames,
@@ -36,42 +37,6 @@ from tools.video import (
     sample_frames,
     uniform_timestamps,
 )  # fmt: skip
-
-W, H = 64, 48
-
-
-def write_video(path: Path, times: list[float], rotation: int = 0, size: tuple[int, int] = (W, H)) -> Path:
-    """H.264 video whose frame i is shown at ``times[i]`` s. Frame i is painted so its index can be
-    read back (``frame_index``): red = (i % 25) * 10, green = (i // 25) * 10; a white strip marks
-    the left quarter (to check rotation)."""
-    import av
-
-    w, h = size
-    with av.open(str(path), "w") as container:
-        gaps = [b - a for a, b in zip(times, times[1:])] or [0.1]
-        stream = container.add_stream("libx264", rate=max(1, round(1 / min(gaps))))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for i, t in enumerate(times):
-            a = np.zeros((h, w, 3), np.uint8)
-            a[..., 0], a[..., 1] = (i % 25) * 10, (i // 25) * 10
-            a[:, : w // 4] = 255
-            frame = av.VideoFrame.from_ndarray(a, format="rgb24")
-            frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def frame_index(image: Any) -> int:
-    a = np.asarray(image).astype(float)
-    h, w = a.shape[:2]
-    core = a[h // 4 : 3 * h // 4, w // 2 : 3 * w // 4]  # away from the white strip
-    return int(round(core[..., 0].mean() / 10)) + 25 * int(round(core[..., 1].mean() / 10))
 
 
 @pytest.fixture(scope="module")

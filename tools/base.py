@@ -159,6 +159,12 @@ class Tool:
     def run(self, input: ToolInput, ctx: ToolContext) -> ToolOutput:  # noqa: A002
         raise NotImplementedError
 
+    @classmethod
+    def replay_effects(cls, input: ToolInput, output: ToolOutput, ctx: ToolContext) -> ToolOutput:  # noqa: A002
+        """Redo what a call did besides its output (e.g. frames it registered as images) when replay
+        serves the call from a recording; returns the output to use. Most tools have nothing to redo."""
+        return output
+
     # -- specs -------------------------------------------------------------------------------
     @classmethod
     def input_schema(cls) -> dict[str, Any]:

@@ -374,6 +374,15 @@ class VideoFramesOutput(ToolOutput):
         )
 
 
+def _register(ctx: Any, video_id: str, frames: list[Frame]) -> list[FrameRef]:
+    refs = []
+    for i, frame in enumerate(frames):
+        image_id = ctx.add_image(frame.image, f"{video_id}@{frame.timestamp:.3f}s", timestamp=frame.timestamp, parent=video_id)
+        refs.append(FrameRef(image=image_id, timestamp=frame.timestamp))
+        ctx.progress("registering frames", i + 1, len(frames))
+    return refs
+
+
 def _video(ctx: Any, video_id: str) -> str:
     try:
         return ctx.video_path(video_id)
@@ -393,14 +402,19 @@ class VideoFrames(Tool):
     Output = VideoFramesOutput
 
     def run(self, input: VideoFramesInput, ctx: Any) -> VideoFramesOutput:  # noqa: A002
-        path = _video(ctx, input.video)
-        meta, frames = sample_frames(path, input.frames)
-        refs = []
-        for i, frame in enumerate(frames):
-            image_id = ctx.add_image(frame.image, f"{input.video}@{frame.timestamp:.3f}s", timestamp=frame.timestamp, parent=input.video)
-            refs.append(FrameRef(image=image_id, timestamp=frame.timestamp))
-            ctx.progress("registering frames", i + 1, len(frames))
-        return VideoFramesOutput(video=input.video, duration=round(meta.duration, 3), frames=refs)
+        meta, frames = sample_frames(_video(ctx, input.video), input.frames)
+        return VideoFramesOutput(video=input.video, duration=round(meta.duration, 3), frames=_register(ctx, input.video, frames))
+
+    @classmethod
+    def replay_effects(cls, input: VideoFramesInput, output: VideoFramesOutput, ctx: Any) -> VideoFramesOutput:  # noqa: A002
+        """Sample the (sha256-checked) video again and register the same frames as images, so that
+        later calls and re-planning see their pixels; frames at other times are an error."""
+        _, frames = sample_frames(_video(ctx, input.video), input.frames)
+        now = [round(f.timestamp, 3) for f in frames]
+        recorded = [round(f.timestamp, 3) for f in output.frames]
+        if now != recorded:
+            raise ToolError(f"the frames of {input.video} sampled now (at {now} s) differ from the recorded ones (at {recorded} s)")
+        return output.model_copy(update={"frames": _register(ctx, input.video, frames)})
 
 
 class VideoQAInput(ToolInput):

@@ -59,4 +59,8 @@ def _describe(div: dict[str, Any] | None) -> str:
     if not div:
         return "  the recorded run did not finish"
     where = f"at step {div['step']}" if div.get("step") is not None else "in the final answer"
-    return f"  {where}:\n    recorded: {json.dumps(div['expected'])}\n    replayed: {json.dumps(div['got'])}"
+    text = f"  {where}:\n    recorded: {json.dumps(div['expected'])}\n    replayed: {json.dumps(div['got'])}"
+    for key, label in (("expected_message", "recorded error"), ("got_message", "replayed error")):
+        if div.get(key):
+            text += f"\n    {label}: {div[key]}"
+    return text
