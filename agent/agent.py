@@ -152,6 +152,9 @@ class RunStream:
 
     def _run(self) -> Iterator[Step]:
         if self.writer is not None:
+            # inputs without a file of their own get a copy beside the trace, so the run can be replayed
+            if self.media.save_copies(self.writer.path.parent / f"{self.writer.path.name}.media", self.trace.meta.run_id):
+                self.trace.meta.media = self.media.infos()
             self.writer.meta(self.trace.meta)
         try:
             yield from self._loop()

@@ -211,6 +211,7 @@ class _Item:
     image: Image.Image | None = None
     path: Path | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    temporary: bool = False  # the file is the store's own copy of bytes or a download
 
 
 class MediaStore:
@@ -267,7 +268,9 @@ class MediaStore:
             tmp = tempfile.NamedTemporaryFile(prefix="visagent-", suffix=".video", delete=False)
             tmp.write(data)
             tmp.close()
-            return self.add_path(Path(tmp.name))
+            media_id = self.add_path(Path(tmp.name))
+            self._items[media_id].temporary = True
+            return media_id
         tmp_dir = Path(tempfile.mkdtemp(prefix="visagent-"))
         p = tmp_dir / "upload"
         p.write_bytes(data)
@@ -297,6 +300,32 @@ class MediaStore:
             notes=list(notes or []), **extra,
         )  # fmt: skip
         return self._register(_Item(info=info, image=to_rgb(image)), "image")
+
+    def save_copies(self, folder: Path, prefix: str) -> int:
+        """Write a lossless copy of each input without a file of its own (in-memory images and
+        arrays, bytes, URLs: PNG for images, the file for videos) into ``folder`` as
+        ``PREFIX-ID.png|.video`` and note its name in the input's ``MediaInfo.saved_copy``. Returns how many."""
+        import shutil
+
+        saved = 0
+        for media_id, item in list(self._items.items()):
+            info = item.info
+            if info.parent or info.saved_copy:
+                continue
+            url = info.source.startswith(("http://", "https://"))
+            if item.image is not None and (info.source in ("pil", "array", "bytes") or url):
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / f"{prefix}-{media_id}.png"
+                item.image.save(target, format="PNG")
+            elif item.path is not None and item.temporary:
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / f"{prefix}-{media_id}.video"
+                shutil.copyfile(item.path, target)
+            else:
+                continue
+            info.saved_copy = f"{folder.name}/{target.name}"
+            saved += 1
+        return saved
 
     def _register(self, item: _Item, kind: str) -> str:
         with self._lock:

@@ -60,23 +60,40 @@ def canonical(args: Any) -> str:
 
 
 # -- media --------------------------------------------------------------------------------------
-def reload_media(infos: list[MediaInfo], config: Config, base: Path | None = None) -> list[str]:
+def reload_media(
+    infos: list[MediaInfo], config: Config, base: Path | None = None, trace_dir: Path | None = None
+) -> list[Any]:
     """Sources to pass to the run, checked against the recorded sha256 (``UsageError`` if changed).
 
-    Only the run's inputs are re-loaded (frames a tool produced carry a ``parent``).
+    Only the run's inputs are re-loaded (frames a tool produced carry a ``parent``). An input
+    without a file of its own (in-memory image, bytes, URL) comes from the copy written beside the
+    trace (``MediaInfo.saved_copy``, relative to ``trace_dir``).
     """
+    from PIL import Image
+
     limits = config.limits
     check = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
-    sources: list[str] = []
+    sources: list[Any] = []
     for info in infos:
         if info.parent:
             continue
-        if info.source in _UNLOADABLE or info.source.startswith(("http://", "https://")):
+        source: Any = info.source
+        fileless = source in _UNLOADABLE or source.startswith(("http://", "https://"))
+        if info.saved_copy and (fileless or not Path(source).exists()):
+            copy = (trace_dir or Path.cwd()) / info.saved_copy
+            if not copy.is_file():
+                raise UsageError(f"cannot re-load {info.id}: its copy {copy} is missing (it is written beside the trace)")
+            if info.kind == "image":
+                with Image.open(copy) as img:
+                    source = img.convert("RGB")
+            else:
+                source = str(copy)
+        elif fileless:
             raise UsageError(
-                f"cannot re-load {info.id}: its source was {info.source!r} (replay needs file paths or sample:NAME)"
+                f"cannot re-load {info.id}: its source was {info.source!r} and the trace has no copy of it "
+                "(replay needs file paths, sample:NAME, or a trace written with its input copies)"
             )
-        source = info.source
-        if not source.startswith("sample:") and base is not None and not Path(source).is_absolute() and not Path(source).exists():
+        if isinstance(source, str) and not source.startswith("sample:") and base is not None and not Path(source).is_absolute() and not Path(source).exists():
             source = str(base / source)
         media_id = check.add(source)
         got = check.info(media_id).sha256
@@ -347,7 +364,7 @@ def replay(
             config = Config.model_validate(trace.meta.config) if trace.meta.config else load_config()
         except ValidationError as exc:
             raise UsageError(f"{path}: the recorded configuration is invalid: {exc.errors()[0]['msg']}") from None
-    sources = reload_media(trace.meta.media, config, base=Path.cwd())
+    sources = reload_media(trace.meta.media, config, base=Path.cwd(), trace_dir=path.parent)
     classes: dict[str, type[Tool]] = dict(load_builtin_tools())
     for t in tools or []:
         classes[t.name] = t

@@ -2,7 +2,8 @@
 
 File format: first line ``{"type": "meta", ...RunMeta}``, then one line per step (the step's own
 JSON, tagged by ``type``), and, when the run ends, ``{"type": "answer", ...}`` with the answer,
-evidence and status. Each line is flushed when written: a run killed mid-way leaves every finished
+evidence and status, and ``meta_end`` (frames added during the run, end time, duration). Inputs
+without a file of their own are copied into ``TRACE.media/`` (``MediaInfo.saved_copy``). Each line is flushed when written: a run killed mid-way leaves every finished
 step on disk. ``read_trace`` reads a complete or interrupted file.
 """
 

@@ -105,6 +105,9 @@ class MediaInfo(BaseModel):
     notes: list[str] = Field(default_factory=list)
     timestamp: float | None = None  # seconds, for frames taken from a video
     parent: str | None = None  # the video a frame came from
+    #: a lossless copy written beside the trace file (path relative to it) for an input that has no
+    #: file of its own (in-memory image or array, bytes, URL), so that the run can be replayed
+    saved_copy: str | None = None
 
 
 class RunMeta(BaseModel):

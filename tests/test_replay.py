@@ -116,12 +116,28 @@ def test_replay_refuses_changed_media(recorded, capsys):
     assert "has changed" in capsys.readouterr().err
 
 
-def test_replay_of_an_in_memory_image_is_a_clear_error(make_agent, tmp_path):
+def test_replay_of_in_memory_inputs_uses_the_copies_beside_the_trace(make_agent, tmp_path):
     import numpy as np
+    from PIL import Image
 
+    pixels = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    rgba = Image.fromarray(np.dstack([pixels, np.full((24, 40), 200, np.uint8)]), "RGBA")
+    plan = [{"tool": "fake_find", "args": {"image": "img_1", "label": "cup", "n": 1}}, {"final": "x", "evidence": ["det_1_0"]}]
     path = tmp_path / "t.jsonl"
-    make_agent([{"final": "x"}], tools=FAKE_TOOLS).ask("q", [np.zeros((8, 8, 3), np.uint8)], trace_path=path)
-    with pytest.raises(UsageError, match="cannot re-load img_0: its source was 'array'"):
+    make_agent(plan, tools=FAKE_TOOLS).ask("q", [pixels, rgba], trace_path=path)
+    trace, _ = read_trace(path)
+    assert [m.saved_copy for m in trace.meta.media] == [f"t.jsonl.media/{trace.meta.run_id}-img_{i}.png" for i in range(2)]
+    result = replay(path, tools=FAKE_TOOLS)
+    assert result.same, result.divergence
+    assert result.answer.trace.tool_steps()[0].output["detections"][0]["box"] == [0, 0, 20, 12]  # the copy's size
+    (tmp_path / trace.meta.media[1].saved_copy).unlink()
+    with pytest.raises(UsageError, match="cannot re-load img_1: its copy .* is missing"):
+        replay(path)
+    # no trace path, no copy: the error says what replay needs
+    lines = _lines(path)
+    lines[0]["media"][0]["saved_copy"] = None
+    _write(path, lines)
+    with pytest.raises(UsageError, match="cannot re-load img_0: its source was 'array' and the trace has no copy of it"):
         replay(path)
 
 
@@ -204,3 +220,19 @@ def test_replay_recreates_the_frames_a_tool_registered(make_agent, tmp_path, cap
     assert not result.same and "differ from the recorded ones" in result.divergence["got_message"]
     assert main(["replay", str(path)]) == 1
     assert "replayed error: video_frames: the frames of vid_0 sampled now" in capsys.readouterr().out
+
+
+def test_replay_of_a_video_given_as_bytes(make_agent, tmp_path):
+    from agent.registry import load_builtin_tools
+    from tests.helpers import write_video
+
+    data = write_video(tmp_path / "clip.mp4", [i / 10 for i in range(20)]).read_bytes()
+    frames_tool = load_builtin_tools()["video_frames"]
+    plan = [{"tool": "video_frames", "args": {"video": "vid_0", "frames": 2}}, {"final": "two frames", "evidence": ["obs_1"]}]
+    path = tmp_path / "runs" / "t.jsonl"
+    make_agent(plan, tools=[frames_tool]).ask("q", [data], trace_path=path)
+    trace, _ = read_trace(path)
+    copy = path.parent / trace.meta.media[0].saved_copy
+    assert copy.suffix == ".video" and copy.read_bytes() == data
+    result = replay(path, tools=[frames_tool])
+    assert result.same, result.divergence
