@@ -89,8 +89,10 @@ class RunStream:
         max_steps: int | None = None,
         history: list[dict[str, Any]] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        copy_inputs: bool = False,
     ) -> None:
         self.agent = agent
+        self.copy_inputs = copy_inputs
         self.question = question
         self.max_steps = max_steps or agent.config.limits.max_steps
         self.history = history or []
@@ -113,6 +115,8 @@ class RunStream:
                 versions=versions(),
             )
         )
+        if trace_path and "{run_id}" in str(trace_path):  # e.g. traces/{run_id}.jsonl: one file per run
+            trace_path = str(trace_path).replace("{run_id}", self.trace.meta.run_id)
         self.writer = TraceWriter(trace_path) if trace_path else None
         self.answer: Answer | None = None
         self._iter: Iterator[Step] | None = None
@@ -153,7 +157,8 @@ class RunStream:
     def _run(self) -> Iterator[Step]:
         if self.writer is not None:
             # inputs without a file of their own get a copy beside the trace, so the run can be replayed
-            if self.media.save_copies(self.writer.path.parent / f"{self.writer.path.name}.media", self.trace.meta.run_id):
+            folder = self.writer.path.parent / f"{self.writer.path.name}.media"
+            if self.media.save_copies(folder, self.trace.meta.run_id, every_input=self.copy_inputs):
                 self.trace.meta.media = self.media.infos()
             self.writer.meta(self.trace.meta)
         try:
@@ -428,8 +433,13 @@ class Agent:
         planner: Planner | str | None = None,
         history: list[dict[str, Any]] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        copy_inputs: bool = False,
     ) -> RunStream:
-        """Start a run; iterate the result for steps. Bad media raise ``MediaError`` here."""
+        """Start a run; iterate the result for steps. Bad media raise ``MediaError`` here.
+
+        With ``trace_path`` the trace is written as the run goes (``{run_id}`` in it is replaced by
+        the run's id); inputs without a file of their own are copied beside it (``copy_inputs``:
+        every input, e.g. files about to be deleted)."""
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
         if max_steps is not None and max_steps < 1:
@@ -443,6 +453,7 @@ class Agent:
             max_steps=max_steps,
             history=history,
             progress=progress,
+            copy_inputs=copy_inputs,
         )
 
     def ask(self, question: str, media: Sequence[Any] = (), **kwargs: Any) -> Answer:

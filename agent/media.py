@@ -301,10 +301,11 @@ class MediaStore:
         )  # fmt: skip
         return self._register(_Item(info=info, image=to_rgb(image)), "image")
 
-    def save_copies(self, folder: Path, prefix: str) -> int:
+    def save_copies(self, folder: Path, prefix: str, every_input: bool = False) -> int:
         """Write a lossless copy of each input without a file of its own (in-memory images and
-        arrays, bytes, URLs: PNG for images, the file for videos) into ``folder`` as
-        ``PREFIX-ID.png|.video`` and note its name in the input's ``MediaInfo.saved_copy``. Returns how many."""
+        arrays, bytes, URLs; with ``every_input`` all but ``sample:`` images) into ``folder`` as
+        ``PREFIX-ID.png`` (images) or ``PREFIX-ID.video`` (the video file), and note its name in the
+        input's ``MediaInfo.saved_copy``. Returns how many."""
         import shutil
 
         saved = 0
@@ -313,11 +314,12 @@ class MediaStore:
             if info.parent or info.saved_copy:
                 continue
             url = info.source.startswith(("http://", "https://"))
-            if item.image is not None and (info.source in ("pil", "array", "bytes") or url):
+            fileless = info.source in ("pil", "array", "bytes") or url
+            if item.image is not None and (fileless or (every_input and not info.source.startswith("sample:"))):
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / f"{prefix}-{media_id}.png"
                 item.image.save(target, format="PNG")
-            elif item.path is not None and item.temporary:
+            elif item.path is not None and (item.temporary or every_input):
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / f"{prefix}-{media_id}.video"
                 shutil.copyfile(item.path, target)

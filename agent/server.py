@@ -70,6 +70,8 @@ class ServerSettings(BaseModel):
     - ``timeout_s``: wall time per request (504 beyond; the run stops at its next step).
     - ``max_concurrency``: runs at once; ``max_queue``: requests waiting for a slot (429 beyond).
     - ``include_trace``: whether answers carry the full trace by default.
+    - ``trace_dir``: folder where each request's trace is written as ``<trace.meta.run_id>.jsonl``,
+      with copies of its inputs, so that any request can be inspected and replayed.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -85,6 +87,7 @@ class ServerSettings(BaseModel):
     max_concurrency: int = Field(2, ge=1)
     max_queue: int = Field(16, ge=0)
     include_trace: bool = True
+    trace_dir: str | None = None
 
 
 def load_settings(config: Any = None, environ: dict[str, str] | None = None, **flags: Any) -> ServerSettings:
@@ -398,7 +401,9 @@ class _Server:
     def run_sync(
         self, question: str, sources: list[str], max_steps: int | None, stop: threading.Event, on_step: Callable[[Any], None] | None = None
     ) -> "Answer":
-        run = self.agent.stream(question, sources, max_steps=max_steps)  # validates the media
+        trace = str(Path(self.settings.trace_dir).expanduser() / "{run_id}.jsonl") if self.settings.trace_dir else None
+        # validates the media; uploads are deleted after the request, so a trace keeps copies of every input
+        run = self.agent.stream(question, sources, max_steps=max_steps, trace_path=trace, copy_inputs=True)
         if on_step is not None:
             on_step(_STARTED)
         steps = iter(run)

@@ -95,7 +95,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[str]:
+def traces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("traces")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, root: Path, traces: Path) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("server")
     (tmp / "plan.yaml").write_text(PLAN)
     (tmp / "config.yaml").write_text(
@@ -115,7 +120,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[str
     )
     port = free_port()
     cmd = [sys.executable, "-m", "agent.cli", "serve", "--profile", "tiny", "--config", str(tmp / "config.yaml"),
-           "--planner", f"script:{tmp / 'plan.yaml'}", "--port", str(port), "--token", TOKEN]  # fmt: skip
+           "--planner", f"script:{tmp / 'plan.yaml'}", "--port", str(port), "--token", TOKEN,
+           "--trace-dir", str(traces)]  # fmt: skip
     proc = start(cmd, port, tmp / "server.log")
     yield f"http://127.0.0.1:{port}"
     stop(proc)
@@ -168,6 +174,19 @@ def test_tools_and_openapi(server: str) -> None:
     body = schema["paths"]["/v1/ask"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert "MediaItem" in schema["components"]["schemas"]
+
+
+def test_each_request_leaves_a_replayable_trace(server: str, traces: Path) -> None:
+    from agent.replay import replay
+
+    files = [("files", ("a.png", png(64, 48, 3), "image/png"))]
+    r = httpx.post(f"{server}/v1/ask", headers=AUTH, files=files, data={"question": "what is there?", "include_trace": "false"}, timeout=60)
+    assert r.status_code == 200, r.text
+    path = traces / f"{r.json()['trace']['meta']['run_id']}.jsonl"
+    assert path.is_file()  # the upload itself is gone with the request; its copy stays beside the trace
+    result = replay(path)
+    assert result.same, result.divergence
+    assert result.answer.answer == r.json()["answer"] and result.models_loaded == 0
 
 
 def test_ask_multipart_two_files(server: str) -> None:

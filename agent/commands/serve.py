@@ -20,6 +20,7 @@ def serve(
     max_concurrency: Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="runs at once (default 2)")] = None,
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", min=0, help="requests waiting for a slot before 429 (default 16)")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="seconds per request before 504 (default 300)")] = None,
+    trace_dir: Annotated[Optional[Path], typer.Option("--trace-dir", help="write each request's trace (and copies of its inputs) here, for `visagent replay`")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "warning",
 ) -> None:
     """Serve the agent over HTTP: POST /v1/ask, /v1/ask/stream; GET /v1/tools, /v1/models, /healthz."""
@@ -36,6 +37,7 @@ def serve(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         timeout_s=timeout,
+        trace_dir=str(trace_dir) if trace_dir is not None else None,
     )
     if not is_loopback(settings.host) and not settings.token:
         from agent.errors import UsageError
