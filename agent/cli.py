@@ -179,9 +179,12 @@ def models(profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annota
         return
     from rich.table import Table
 
-    table = Table(title=f"models (profile {cfg.profile}; none resident: a CLI process loads models only while it runs; `GET /v1/models` on a server shows resident ones)")
+    table = Table(
+        title=f"models (profile {cfg.profile})",
+        caption="none resident: a CLI process loads models only while it runs (GET /v1/models on a server shows resident ones)",
+    )
     for col in ("family", "backend", "checkpoint", "available", "weights on disk"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold", no_wrap=col in ("family", "backend"))
     for r in rows:
         size = "" if r["weights_bytes"] is None else f"{r['weights_bytes'] / 1e6:.1f} MB"
         table.add_row(r["family"], r["backend"], r["checkpoint"], ("yes: " if r["available"] else "[red]no[/red]: ") + r["where"], size)
