@@ -80,6 +80,8 @@ def ask(
     if cfg.profile == "tiny":
         err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
     agent = Agent(cfg, planner=planner)
+    if err.is_terminal:  # a real checkpoint takes a while to load: say what is happening
+        agent.pool.add_listener(_announce_load)
     run = agent.stream(question, media, trace_path=trace, max_steps=max_steps, progress=_progress)
     for step in run:
         if verbose:
@@ -102,6 +104,14 @@ def ask(
         if not as_json:
             err.print(f"[red]no answer:[/red] {answer.error}")
         raise Exit(1)
+
+
+def _announce_load(event: str, key: Any, info: dict[str, Any]) -> None:
+    what = f"{key.family} model {key.checkpoint.split('#')[0]} on {key.device}"
+    if event == "loading":
+        err.print(f"[dim]loading {what} ...[/dim]", highlight=False)
+    elif event == "loaded":
+        err.print(f"[dim]loaded {what} in {info['ms'] / 1000:.1f} s ({info['bytes'] / 1e6:.1f} MB)[/dim]", highlight=False)
 
 
 def _progress(message: str, done: int, total: int) -> None:

@@ -117,6 +117,20 @@ class ModelPool:
         self._entries: OrderedDict[ModelKey, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.evictions = 0
+        self._listeners: list[Callable[[str, ModelKey, dict[str, Any]], None]] = []
+
+    def add_listener(self, fn: Callable[[str, ModelKey, dict[str, Any]], None]) -> None:
+        """Call ``fn(event, key, info)`` around loads: ``"loading"`` (info ``{}``), then ``"loaded"``
+        (``{"ms", "bytes"}``) or ``"failed"`` (``{"error"}``) — e.g. to show progress while a large
+        checkpoint loads. Listener errors are logged, never raised."""
+        self._listeners.append(fn)
+
+    def _notify(self, event: str, key: ModelKey, info: dict[str, Any]) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(event, key, info)
+            except Exception:  # noqa: BLE001 - a display problem must not fail a load
+                log.exception("model pool listener failed")
 
     # -- use ---------------------------------------------------------------------------------
     @contextmanager
@@ -159,9 +173,11 @@ class ModelPool:
     def _load(self, entry: _Entry, loader: Callable[[], Any]) -> None:
         before = _cuda_allocated()
         start = time.perf_counter()
+        self._notify("loading", entry.key, {})
         try:
             entry.value = loader()
         except BaseException as exc:
+            self._notify("failed", entry.key, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
             entry.error = exc
             with self._lock:
                 if self._entries.get(entry.key) is entry:
@@ -172,6 +188,7 @@ class ModelPool:
         entry.loads += 1
         entry.nbytes = max(model_nbytes(entry.value), _cuda_allocated() - before)
         log.info("loaded %s (%.1f MB) in %.0f ms", entry.key, entry.nbytes / 1e6, entry.load_ms)
+        self._notify("loaded", entry.key, {"ms": round(entry.load_ms, 1), "bytes": entry.nbytes})
         entry.loaded.set()
         self._enforce_budget(keep=entry.key)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,3 +134,17 @@ def test_killed_run_leaves_every_finished_step_on_disk(tmp_path):
     tools = steps.tool_steps()
     assert len(tools) >= 5
     assert [t.output["text"] for t in tools] == [str(i) for i in range(len(tools))]
+
+
+def test_ask_on_a_terminal_says_which_models_load(monkeypatch, capsys, tmp_path):
+    from rich.console import Console
+
+    import agent.cli as cli
+
+    monkeypatch.setattr(cli, "err", Console(stderr=True, soft_wrap=True, force_terminal=True, no_color=True))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- tool: segment\n  args: {image: img_0, points: [[10, 10]]}\n- final: done\n  evidence: [mask_1_0]\n")
+    assert cli.main(["ask", "sample:coffee", "segment it", "--profile", "tiny", "--planner", f"script:{plan}"]) == 0
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().err).splitlines()
+    assert any(line.startswith("loading segment model tiny:sam on cpu") for line in lines), lines
+    assert any(line.startswith("loaded segment model tiny:sam on cpu in ") and line.endswith(" MB)") for line in lines), lines

@@ -95,6 +95,24 @@ def test_failed_load_is_reported_and_retried():
     assert pool.get(key, lambda: torch.nn.Linear(2, 2)) is not None
 
 
+def test_listeners_see_each_load_once():
+    pool = ModelPool()
+    events = []
+    pool.add_listener(lambda event, key, info: events.append((event, key.family, sorted(info))))
+    pool.add_listener(lambda event, key, info: 1 / 0)  # a broken listener never breaks a load
+    key = ModelKey("x", "y", "cpu", "float32")
+    for _ in range(2):
+        pool.get(key, lambda: torch.nn.Linear(4, 4))
+    assert events == [("loading", "x", []), ("loaded", "x", ["bytes", "ms"])]
+
+    def bad():
+        raise OSError("disk gone\nmore")
+
+    with pytest.raises(OSError):
+        pool.get(ModelKey("z", "y", "cpu", "float32"), bad)
+    assert events[-1] == ("failed", "z", ["error"])
+
+
 def test_unavailable_checkpoint_error_names_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError) as exc:
