@@ -32,12 +32,19 @@ def planner_for(n: int) -> FunctionPlanner:
     return FunctionPlanner(lambda state: next(it))
 
 
+_AGENTS: dict[float | None, Agent] = {}
+
+
 def agent_run(n: int, timeout: float | None) -> float:
-    cfg = load_config(profile="tiny", overrides={"limits": {"tool_timeout_s": timeout, "max_steps": n + 1}})
-    agent = Agent(cfg, planner=planner_for(n), tools=[Noop])
+    """One scripted run of ``n`` tool steps on a long-lived agent (as an application keeps one)."""
+    if timeout not in _AGENTS:
+        cfg = load_config(profile="tiny", overrides={"limits": {"tool_timeout_s": timeout, "max_steps": 64}})
+        _AGENTS[timeout] = Agent(cfg, tools=[Noop])
+    agent = _AGENTS[timeout]
     image = __import__("numpy").zeros((8, 8, 3), "uint8")
+    planner = planner_for(n)
     t0 = time.perf_counter()
-    ans = agent.ask("q", [image])
+    ans = agent.ask("q", [image], planner=planner)
     dt = time.perf_counter() - t0
     assert ans.ok and len(ans.trace.tool_steps()) == n
     return dt
