@@ -25,7 +25,7 @@ from agent.context import RunContext
 from agent.errors import MediaError, PlannerOutputError, RunError, ToolError, UsageError
 from agent.media import MediaStore
 from agent.planners import Planner, PlannerState, make_planner
-from agent.pool import ModelPool
+from agent.pool import ModelPool, is_out_of_memory
 from agent.trace import TraceWriter
 from agent.types import (
     Action,
@@ -282,7 +282,14 @@ class RunStream:
         t0 = time.perf_counter()
         try:
             try:
-                output = self.agent._execute(tool, inp, ctx)
+                try:
+                    output = self.agent._execute(tool, inp, ctx)
+                except Exception as exc:
+                    # out of device memory: evict the models no one is using (this tool's stay) and retry once
+                    if not is_out_of_memory(exc) or not self.agent.pool.free_idle(keep_families=tool.families):
+                        raise
+                    log.warning("%s ran out of memory: evicted idle models, retrying", name)
+                    output = self.agent._execute(tool, inp, ctx)
                 observation = clip_text(output.observation())
             except BaseException:
                 ctx.end_failed_call()  # a failed call takes no number: ids stay dense

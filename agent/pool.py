@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -175,7 +176,14 @@ class ModelPool:
         start = time.perf_counter()
         self._notify("loading", entry.key, {})
         try:
-            entry.value = loader()
+            try:
+                entry.value = loader()
+            except BaseException as exc:
+                # out of device memory: make room by evicting the models nobody is using, then try once more
+                if not is_out_of_memory(exc) or not self.free_idle(keep=entry.key):
+                    raise
+                log.warning("out of memory loading %s: evicted idle models, retrying", entry.key)
+                entry.value = loader()
         except BaseException as exc:
             self._notify("failed", entry.key, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
             entry.error = exc
@@ -226,6 +234,25 @@ class ModelPool:
             entry = self._entries.get(key)
             return entry is not None and entry.loaded.is_set() and entry.error is None
 
+    def free_idle(self, keep: ModelKey | None = None, keep_families: tuple[str, ...] = ()) -> int:
+        """Evict every loaded model not in use (except ``keep`` and ``keep_families``) and free
+        device memory; returns how many were evicted. Used to recover from out-of-memory errors."""
+        victims = []
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if key == keep or key.family in keep_families or entry.users > 0 or not entry.loaded.is_set():
+                    continue
+                del self._entries[key]
+                victims.append(entry)
+        for entry in victims:
+            with entry.lock:
+                entry.value = None
+            self.evictions += 1
+            log.info("evicted %s (%.1f MB) to free memory", entry.key, entry.nbytes / 1e6)
+        if victims:
+            _free_memory()
+        return len(victims)
+
     def evict(self, key: ModelKey) -> bool:
         with self._lock:
             entry = self._entries.get(key)
@@ -266,6 +293,14 @@ class ModelPool:
             "evictions": self.evictions,
             "models": models,
         }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory error (CUDA, MPS or CPU allocator)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
 
 
 def _cuda_allocated() -> int:

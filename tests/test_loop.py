@@ -141,6 +141,39 @@ def test_tool_timeout(tiny_config):
     assert ans.ok and ans.evidence[0].observation == "b"
 
 
+def test_out_of_memory_in_a_tool_frees_idle_models_and_retries_once(tiny_config):
+    import torch
+
+    from agent.pool import ModelKey, ModelPool
+    from tests.fakes import EchoIn, EchoOut
+    from tools.base import Tool
+
+    class Hungry(Tool):
+        name = "hungry"
+        description = "Runs out of device memory on its first call (fake, for tests)."
+        Input = EchoIn
+        Output = EchoOut
+        families = ("caption",)
+        calls = 0
+
+        def run(self, inp, ctx):  # noqa: ANN001
+            type(self).calls += 1
+            if type(self).calls == 1 or inp.fail:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return EchoOut(text="fits now")
+
+    pool = ModelPool()
+    idle = ModelKey("detect", "tiny:x", "cpu", "float32")
+    pool.get(idle, lambda: torch.nn.Linear(2, 2))
+    plan = [{"tool": "hungry", "args": {"text": "a"}}, {"tool": "hungry", "args": {"fail": True}}, {"final": "ok", "evidence": ["obs_1"]}]
+    ans = Agent(tiny_config, planner=ScriptedPlanner(plan), tools=[Hungry], pool=pool).ask("q", ["sample:coins"])
+    first, second = [s for s in ans.trace.steps if isinstance(s, (ToolStep, ErrorStep))]
+    assert isinstance(first, ToolStep) and first.observation == "fits now" and not pool.resident(idle)
+    # nothing left to evict: the error reaches the planner as an observation
+    assert isinstance(second, ErrorStep) and "OutOfMemoryError" in second.message
+    assert ans.ok
+
+
 def test_long_observations_are_clipped(agent_for):
     ans = agent_for([{"tool": "echo", "args": {}}, {"final": "x", "evidence": []}]).ask("q", ["sample:coins"])
     obs = ans.trace.tool_steps()[0].observation

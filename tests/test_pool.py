@@ -123,3 +123,28 @@ def test_unavailable_checkpoint_error_names_it(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailableError, match="not found: /no/such/sam.pth"):
         resolve_checkpoint("/no/such/sam.pth", family="segment", backend="official", cache_dir=tmp_path)
     assert resolve_checkpoint(str(tmp_path), family="x", backend="y", cache_dir=tmp_path) == str(tmp_path.resolve())
+
+
+def test_out_of_memory_on_load_evicts_idle_models_and_retries():
+    pool = ModelPool()
+    a, b, big = (ModelKey(f, "c", "cpu", "float32") for f in ("a", "b", "big"))
+    pool.get(a, lambda: torch.nn.Linear(4, 4))
+    tries = []
+
+    def loader():
+        tries.append(1)
+        if len(tries) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.nn.Linear(8, 8)
+
+    with pool.use(b, lambda: torch.nn.Linear(4, 4)):  # b is in use: it must stay
+        assert pool.get(big, loader) is not None
+        assert len(tries) == 2 and pool.evictions == 1
+        assert not pool.resident(a) and pool.resident(b) and pool.resident(big)
+    # nothing idle left to evict: the error is the caller's
+    with pool.use(big, lambda: None), pool.use(b, lambda: None):
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            pool.get(ModelKey("c", "c", "cpu", "float32"), lambda: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory")))
+    # other errors are not retried
+    with pytest.raises(OSError):
+        pool.get(ModelKey("d", "c", "cpu", "float32"), lambda: (_ for _ in ()).throw(OSError("disk")))
