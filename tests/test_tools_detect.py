@@ -331,3 +331,29 @@ def test_cli_scripted_detect_then_count(backend, tmp_path):
     assert answer["evidence"][0]["id"] == "det_2_0"
     config_models = answer["trace"]["meta"]["config"]["models"]["detect"]
     assert config_models["backend"] == backend
+
+
+def test_official_bert_warper_matches_bert():
+    """The transformers-5 compatibility layer: groundingdino's BERT wrapper computes what BertModel
+    computes (2D mask), and a 3D mask that allows every pair equals no masking at all."""
+    import torch
+    from groundingdino.models.GroundingDINO.bertwarper import BertModelWarper
+    from transformers import BertConfig, BertModel
+
+    from tools._gdino_compat import install
+
+    install()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    bert = BertModel(config).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        expected = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        warper = BertModelWarper(bert_model=bert)
+        got = warper(input_ids=ids, attention_mask=mask)["last_hidden_state"]
+        full_3d = warper(input_ids=ids, attention_mask=torch.ones(2, 7, 7, dtype=torch.long))["last_hidden_state"]
+        full_2d = bert(input_ids=ids).last_hidden_state
+    assert torch.allclose(got[0], expected[0], atol=1e-5) and torch.allclose(got[1, :5], expected[1, :5], atol=1e-5)
+    assert torch.allclose(full_3d, full_2d, atol=1e-5)

@@ -13,6 +13,15 @@ semantics:
 - ``get_head_mask(head_mask, num_hidden_layers)``: ``[None] * num_hidden_layers`` when no head
   mask is given, else the mask broadcast to (layers, B, heads, L, L).
 
+From transformers 5.2x on, BERT's internals changed too: ``BertEmbeddings.forward`` takes
+``cache_length`` instead of ``past_key_values_length``, the encoder takes ``cache`` and returns no
+``past_key_values``. groundingdino's ``BertModelWarper.forward`` calls those internals with the
+transformers 4 names, so ``install()`` also replaces it with ``warper_forward``: the same
+computation for what Grounding DINO uses of it (an encoder-only BERT, no cache, a 2D or 3D
+self-attention mask, ``position_ids``), through arguments every transformers 5 release accepts
+(embeddings by keyword without a cache length; encoder with the hidden states and the additive
+mask only). Its ``last_hidden_state`` equals ``BertModel``'s own for a 2D mask (tested).
+
 Nothing else of transformers or groundingdino is changed.
 """
 
@@ -88,6 +97,36 @@ def get_head_mask(self: Any, head_mask: Any, num_hidden_layers: int, is_attentio
     return head_mask.to(dtype=_model_dtype(self))
 
 
+def warper_forward(
+    self: Any,
+    input_ids: Any = None,
+    attention_mask: Any = None,
+    token_type_ids: Any = None,
+    position_ids: Any = None,
+    inputs_embeds: Any = None,
+    **unused: Any,
+) -> Any:
+    """``BertModelWarper.forward`` for an encoder-only BERT without a cache (see the module doc)."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("give exactly one of input_ids and inputs_embeds")
+    shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1])
+    device = input_ids.device if input_ids is not None else inputs_embeds.device
+    if attention_mask is None:
+        attention_mask = torch.ones(shape, device=device)
+    if token_type_ids is None:
+        token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
+    hidden = self.embeddings(
+        input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
+    )
+    mask = get_extended_attention_mask(self, attention_mask, shape, device, dtype=hidden.dtype)
+    sequence = self.encoder(hidden, attention_mask=mask)[0]
+    pooled = self.pooler(sequence) if self.pooler is not None else None
+    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence, pooler_output=pooled)
+
+
 _HELPERS = {
     "get_extended_attention_mask": get_extended_attention_mask,
     "invert_attention_mask": invert_attention_mask,
@@ -108,5 +147,10 @@ def install() -> list[str]:
             if not hasattr(BertModel, name):
                 setattr(BertModel, name, fn)
                 added.append(name)
+        if added:  # transformers 5: its BERT internals no longer match the warper's calls
+            from groundingdino.models.GroundingDINO.bertwarper import BertModelWarper
+
+            BertModelWarper.forward = warper_forward
+            added.append("BertModelWarper.forward")
         _installed = True
         return added
