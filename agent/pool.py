@@ -220,11 +220,15 @@ class ModelPool:
                     total / 1e6,
                     self.budget_bytes / 1e6,
                 )
+        self._release(victims, "")
+
+    def _release(self, victims: list[_Entry], why: str) -> None:
+        """Drop the models of entries already removed from the pool and free device memory."""
         for entry in victims:
             with entry.lock:
                 entry.value = None
             self.evictions += 1
-            log.info("evicted %s (%.1f MB)", entry.key, entry.nbytes / 1e6)
+            log.info("evicted %s (%.1f MB)%s", entry.key, entry.nbytes / 1e6, why)
         if victims:
             _free_memory()
 
@@ -244,13 +248,7 @@ class ModelPool:
                     continue
                 del self._entries[key]
                 victims.append(entry)
-        for entry in victims:
-            with entry.lock:
-                entry.value = None
-            self.evictions += 1
-            log.info("evicted %s (%.1f MB) to free memory", entry.key, entry.nbytes / 1e6)
-        if victims:
-            _free_memory()
+        self._release(victims, " to free memory")
         return len(victims)
 
     def evict(self, key: ModelKey) -> bool:
