@@ -84,10 +84,12 @@ def ask(
     agent = Agent(cfg, planner=planner)
     if err.is_terminal:  # a real checkpoint takes a while to load: say what is happening
         agent.pool.add_listener(_announce_load)
-    run = agent.stream(question, media, trace_path=trace, max_steps=max_steps, progress=_progress)
-    for step in run:
-        if verbose:
-            err.print(_describe_step(step))
+    with _Activity(enabled=err.is_terminal and not verbose) as activity:
+        run = agent.stream(question, media, trace_path=trace, max_steps=max_steps, progress=activity.progress)
+        for step in run:
+            if verbose:
+                err.print(_describe_step(step))
+            activity.follow(step)
     answer = run.answer
     assert answer is not None
     if show is not None:
@@ -116,9 +118,38 @@ def _announce_load(event: str, key: Any, info: dict[str, Any]) -> None:
         err.print(f"[dim]loaded {what} in {info['ms'] / 1000:.1f} s ({info['bytes'] / 1e6:.1f} MB)[/dim]", highlight=False)
 
 
-def _progress(message: str, done: int, total: int) -> None:
-    if total:
-        err.print(f"{message}: {done}/{total}", end="\r" if done < total else "\n")
+class _Activity:
+    """What a run is doing, shown on a terminal as one transient status line that follows the
+    steps ("planning ...", "running detect ...", "embedding gallery: 64/640"); it disappears when
+    the run ends. Without a terminal only long work reports progress, a line per update."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.status = err.status("planning ...", spinner="dots") if enabled else None
+
+    def __enter__(self) -> _Activity:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def follow(self, step: Any) -> None:
+        if self.status is None:
+            return
+        if step.type == "planner" and step.action.kind == "action":
+            self.status.update(f"running {step.action.tool} ...")
+        elif step.type != "final":
+            self.status.update("planning ...")
+
+    def progress(self, message: str, done: int, total: int) -> None:
+        if not total:
+            return
+        if self.status is not None:
+            self.status.update(f"{message}: {done}/{total}")
+        elif done == total or done * 10 // total > (done - 1) * 10 // total:  # every 10% in logs
+            err.print(f"{message}: {done}/{total}", highlight=False)
 
 
 def _describe_step(step: Any) -> str:

@@ -136,15 +136,32 @@ def test_killed_run_leaves_every_finished_step_on_disk(tmp_path):
     assert [t.output["text"] for t in tools] == [str(i) for i in range(len(tools))]
 
 
-def test_ask_on_a_terminal_says_which_models_load(monkeypatch, capsys, tmp_path):
-    from rich.console import Console
+def test_ask_on_a_terminal_shows_what_the_run_is_doing(tmp_path):
+    """On a terminal, `ask` shows a transient status line that follows the steps and says which
+    model is loading; the answer is printed after it."""
+    import pty
 
-    import agent.cli as cli
-
-    monkeypatch.setattr(cli, "err", Console(stderr=True, soft_wrap=True, force_terminal=True, no_color=True))
     plan = tmp_path / "plan.yaml"
-    plan.write_text("- tool: segment\n  args: {image: img_0, points: [[10, 10]]}\n- final: done\n  evidence: [mask_1_0]\n")
-    assert cli.main(["ask", "sample:coffee", "segment it", "--profile", "tiny", "--planner", f"script:{plan}"]) == 0
-    lines = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().err).splitlines()
-    assert any(line.startswith("loading segment model tiny:sam on cpu") for line in lines), lines
-    assert any(line.startswith("loaded segment model tiny:sam on cpu in ") and line.endswith(" MB)") for line in lines), lines
+    plan.write_text("- tool: count\n  args: {image: img_0, label: cup}\n- final: There are cups.\n  evidence: [obs_1]\n")
+    cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:coffee", "How many cups?", "--profile", "tiny", "--planner", f"script:{plan}"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pseudo-terminal as stdout and stderr
+        os.chdir(ROOT)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.execv(sys.executable, cmd)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert "planning ..." in text and "running count ..." in text
+    assert "loading detect model tiny:grounding-dino on cpu ..." in text
+    assert re.search(r"loaded detect model tiny:grounding-dino on cpu in [0-9.]+ s \([0-9.]+ MB\)", text), text[-2000:]
+    assert text.rindex("There are cups.") > text.rindex("running count ...")
