@@ -27,12 +27,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
         from agent.agent import Agent
-        from agent.cli import TINY_NOTE, _describe_step, _load_config, _print_answer, err, out
+        from agent.cli import TINY_NOTE, _Activity, _announce_load, _describe_step, _load_config, _print_answer, err, out
 
         cfg = _load_config(config, profile)
         if cfg.profile == "tiny":
             err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
         agent = Agent(cfg, planner=planner)  # model planners bring their grounding checks
+        if err.is_terminal:
+            agent.pool.add_listener(_announce_load)
         conv = agent.chat(media, max_steps=max_steps)
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)
@@ -60,10 +62,12 @@ def register(app: typer.Typer) -> None:
                     err.print(f"error: {exc}", markup=False)
                 continue
             trace = trace_dir / f"turn-{len(conv.turns) + 1}.jsonl" if trace_dir is not None else None
-            run = conv.stream(line, trace_path=trace)
-            for step in run:
-                if verbose:
-                    err.print(_describe_step(step), markup=False)
+            with _Activity(enabled=err.is_terminal and not verbose) as activity:
+                run = conv.stream(line, trace_path=trace, progress=activity.progress)
+                for step in run:
+                    if verbose:
+                        err.print(_describe_step(step), markup=False)
+                    activity.follow(step)
             assert run.answer is not None
             conv.record(run, run.answer)
             _print_answer(run.answer)
