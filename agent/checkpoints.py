@@ -113,11 +113,20 @@ def is_available(checkpoint: str, *, family: str, backend: str, cache_dir: Path)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".onnx")
 
 
+# backends whose weights ship inside a Python package (checkpoint "builtin")
+_BUILTIN_PACKAGES = {"rapidocr": "rapidocr_onnxruntime"}
+
+
 def weights_bytes(checkpoint: str, *, backend: str, cache_dir: Path) -> int | None:
-    """Bytes of the weight files of a checkpoint that is on disk (None when it is not, or builtin)."""
+    """Bytes of the weight files of a checkpoint that is on disk (None when it is not)."""
     if checkpoint == "builtin":
-        return None
-    if checkpoint.startswith(TINY_PREFIX):
+        from importlib.util import find_spec
+
+        spec = find_spec(_BUILTIN_PACKAGES[backend]) if backend in _BUILTIN_PACKAGES else None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations)))
+    elif checkpoint.startswith(TINY_PREFIX):
         path = tiny_dir(checkpoint[len(TINY_PREFIX) :], backend, cache_dir)
     else:
         path = Path(os.path.expanduser(checkpoint))

@@ -100,6 +100,8 @@ def test_models_and_doctor():
     assert proc.returncode == 0
     rows = {r["family"]: r for r in json.loads(proc.stdout)["models"]}
     assert rows["segment"]["checkpoint"] == "tiny:sam" and rows["segment"]["available"]
+    # OCR's real weights ship in its package (three PP-OCR ONNX models, several MB)
+    assert rows["ocr"]["checkpoint"] == "builtin" and rows["ocr"]["weights_bytes"] > 5e6
     proc = cli("doctor", "--profile", "tiny")
     assert proc.returncode == 0 and "torch" in proc.stdout and "transformers" in proc.stdout
 
