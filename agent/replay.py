@@ -162,6 +162,7 @@ class Recording:
     renumber: bool = False
     old_of_new: dict[str, str] = field(default_factory=dict)  # region id now -> id in the recording
     current_args: dict[str, Any] = field(default_factory=dict)  # the planner's raw arguments of this call
+    inputs: dict[str, type[ToolInput]] = field(default_factory=dict)  # tool name -> Input model, for keys
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -169,8 +170,15 @@ class Recording:
             if isinstance(s, ToolStep) or (isinstance(s, ErrorStep) and s.source in ("tool", "timeout") and s.tool):
                 self.calls[self.key(s.tool or "", s.args or {})].append(s)
 
-    @staticmethod
-    def key(tool: str, args: dict[str, Any]) -> str:
+    def key(self, tool: str, args: dict[str, Any]) -> str:
+        """The call's identity: its validated input where the tool's schema is known (defaults and
+        key order do not matter), else the raw arguments."""
+        schema = self.inputs.get(tool)
+        if schema is not None:
+            try:
+                return tool + schema.model_validate(args).model_dump_json()
+            except ValidationError:
+                pass
         return tool + canonical(args)
 
     def to_recorded_ids(self, value: Any) -> Any:
@@ -369,7 +377,7 @@ def replay(
     for t in tools or []:
         classes[t.name] = t
     replanning = planner is not None
-    recording = Recording(trace.steps, renumber=replanning)
+    recording = Recording(trace.steps, renumber=replanning, inputs={n: c.Input for n, c in classes.items()})
     names = list(dict.fromkeys([*classes, *(s.tool for s in trace.tool_steps())]))
     replay_tools = [replay_tool(n, recording, classes.get(n), run_missing=replanning) for n in names]
     pool = pool or ModelPool(config.pool.budget_bytes)

@@ -156,7 +156,8 @@ def test_replan_serves_matching_calls_and_runs_new_ones(recorded, tmp_path):
             [
                 {"tool": "echo", "args": {"text": "new call"}},  # not recorded: runs for real
                 {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}},  # recorded as call 1
-                {"tool": "segment", "args": {"image": "img_0", "boxes": ["det_2_0"]}},  # recorded as det_1_0
+                # recorded as det_1_0, spelled differently (explicit default, other key order): the same call
+                {"tool": "segment", "args": {"boxes": ["det_2_0"], "points": None, "image": "img_0"}},
                 {"final": "1 cup", "evidence": ["det_2_0", "mask_3_0"]},
             ]
         )
