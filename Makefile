@@ -24,7 +24,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# headless Chromium for the HTML report test (Debian package; needs root)
+# headless Chromium for the HTML report test (Debian package; needs root or passwordless sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \

@@ -262,7 +262,7 @@ class RunStream:
             inp = tool.Input.model_validate(action.args)
         except ValidationError as exc:
             return self._emit(ErrorStep(source="args", tool=name, args=action.args, message=format_validation_error(name, exc)))
-        key = name + inp.model_dump_json()  # the validated input: defaults and key order do not matter
+        key = inp.call_key(name)
         earlier = self._seen_actions.get(key)
         if earlier is not None:
             prev = self.trace.steps[earlier]

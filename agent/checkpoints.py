@@ -122,7 +122,8 @@ def weights_bytes(checkpoint: str, *, backend: str, cache_dir: Path) -> int | No
     if checkpoint == "builtin":
         from importlib.util import find_spec
 
-        spec = find_spec(_BUILTIN_PACKAGES[backend]) if backend in _BUILTIN_PACKAGES else None
+        package = _BUILTIN_PACKAGES.get(backend)
+        spec = find_spec(package) if package else None
         if spec is None or not spec.submodule_search_locations:
             return None
         path = Path(next(iter(spec.submodule_search_locations)))

@@ -176,7 +176,7 @@ class Recording:
         schema = self.inputs.get(tool)
         if schema is not None:
             try:
-                return tool + schema.model_validate(args).model_dump_json()
+                return schema.model_validate(args).call_key(tool)
             except ValidationError:
                 pass
         return tool + canonical(args)

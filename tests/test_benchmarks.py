@@ -60,7 +60,9 @@ def test_image_tools(tmp_path: Path) -> None:
     rows = run_benchmark(tmp_path, "_tools_image", "--repeats", "1")
     tools = {row["tool"] for row in rows}
     assert {"caption", "vqa", "detect", "count"} <= tools, tools
-    assert all(positive(row["median_ms"]) for row in rows if "median_ms" in row)
+    assert all(positive(row["median_ms"]) and positive(row["first_ms"]) for row in rows), rows
+    split = [row for row in rows if "split_ratio" in row]
+    assert split and all(positive(row["split_ratio"]) for row in split)
 
 
 def test_segment_tool(tmp_path: Path) -> None:
@@ -72,8 +74,11 @@ def test_segment_tool(tmp_path: Path) -> None:
 
 def test_media_tools(tmp_path: Path) -> None:
     rows = run_benchmark(tmp_path, "_tools_media", "--repeats", "1", "--images", "4")
-    assert {row["tool"] for row in rows} >= {"search", "video_frames"}, rows
-    assert all(row.get("bench") for row in rows)
+    by_bench = {row["bench"]: row for row in rows}
+    assert set(by_bench) == {"gallery", "frames"}, rows
+    gallery = by_bench["gallery"]
+    assert gallery["images"] == 4 and positive(gallery["batched_ips"]) and positive(gallery["one_by_one_ips"])
+    assert all(positive(row["sample_ms"]) and positive(row["ratio"]) for row in rows if row["bench"] == "frames")
 
 
 def test_server(tmp_path: Path) -> None:

@@ -357,3 +357,5 @@ def test_official_bert_warper_matches_bert():
         full_2d = bert(input_ids=ids).last_hidden_state
     assert torch.allclose(got[0], expected[0], atol=1e-5) and torch.allclose(got[1, :5], expected[1, :5], atol=1e-5)
     assert torch.allclose(full_3d, full_2d, atol=1e-5)
+    with pytest.raises(ValueError, match="does not support head_mask"):  # not computed, so not silently dropped
+        warper(input_ids=ids, head_mask=torch.ones(4))

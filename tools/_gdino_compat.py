@@ -97,6 +97,9 @@ def get_head_mask(self: Any, head_mask: Any, num_hidden_layers: int, is_attentio
     return head_mask.to(dtype=_model_dtype(self))
 
 
+_IGNORED_FLAGS = ("return_dict", "output_attentions", "output_hidden_states", "use_cache")
+
+
 def warper_forward(
     self: Any,
     input_ids: Any = None,
@@ -104,12 +107,17 @@ def warper_forward(
     token_type_ids: Any = None,
     position_ids: Any = None,
     inputs_embeds: Any = None,
-    **unused: Any,
+    **rest: Any,
 ) -> Any:
-    """``BertModelWarper.forward`` for an encoder-only BERT without a cache (see the module doc)."""
+    """``BertModelWarper.forward`` for an encoder-only BERT without a cache (see the module doc).
+    Output flags (``return_dict``, ``output_*``, ``use_cache``) are accepted and ignored; anything
+    this forward does not compute (head masks, cross-attention, a cache) is refused."""
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
+    unsupported = sorted(k for k, v in rest.items() if v is not None and k not in _IGNORED_FLAGS)
+    if unsupported:
+        raise ValueError(f"the transformers-5 BERT wrapper does not support {', '.join(unsupported)}")
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("give exactly one of input_ids and inputs_embeds")
     shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1])

@@ -36,6 +36,12 @@ class ToolInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def call_key(self, tool: str) -> str:
+        """The identity of a call of ``tool`` with this input: two calls are the same when their
+        validated inputs are (defaults left out or spelled out, key order). Used to detect
+        repeated actions and to match recorded calls on replay."""
+        return tool + self.model_dump_json()
+
 
 class ToolOutput(BaseModel):
     """Base of every tool's Output."""
