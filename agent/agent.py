@@ -2,14 +2,16 @@
 
 ``Agent.stream(question, media)`` returns a ``RunStream``: iterate it to get each step as it
 happens; ``.answer`` holds the Answer once it is exhausted. ``Agent.ask`` runs it to the end.
+
+A run is one turn of a ``Session`` (a fresh one unless ``session=`` is given): the session owns
+media, regions, call numbers and history; the agent's ``ToolRunner`` executes every tool call; the
+agent's ``GroundingPolicy`` checks every final answer, whatever the planner.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import functools
 import logging
-import re
 import threading
 import time
 import uuid
@@ -17,17 +19,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from agent.config import Config, load_config
-from agent.context import RunContext
-from agent.errors import MediaError, PlannerOutputError, RunError, ToolError, UsageError
-from agent.media import MediaStore
-from agent.planners import Planner, PlannerState, make_planner
-from agent.pool import ModelPool, is_out_of_memory
-from agent.trace import TraceWriter
-from agent.types import (
-    Action,
+from visagent import ids
+from visagent.config import Config, load_config
+from visagent.errors import PlannerOutputError, RunError, UsageError
+from visagent.grounding import FinalCheck, GroundingPolicy
+from visagent.planners import Planner, PlannerState, make_planner
+from visagent.pool import ModelPool
+from visagent.runner import ToolRunner, format_validation_error
+from visagent.session import Session
+from visagent.tools.base import Tool
+from visagent.trace import TraceWriter
+from visagent.types import (
+    TRACE_FORMAT,
     Answer,
     ErrorStep,
     Evidence,
@@ -40,14 +43,10 @@ from agent.types import (
     ToolStep,
     Trace,
 )
-from tools.base import Tool, clip_text
 
 log = logging.getLogger(__name__)
 
-_OBS_RE = re.compile(r"^obs_(\d+)$")
-
-#: a final-answer check: (final, run) -> error text sent back to the planner, or None
-FinalCheck = Callable[[Final, "RunStream"], str | None]
+__all__ = ["Agent", "FinalCheck", "RunStream", "format_validation_error", "versions"]
 
 
 @functools.cache
@@ -66,16 +65,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def format_validation_error(tool: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:4]:
-        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
-        parts.append(f"{loc}: {err['msg']}")
-    return f"bad arguments for {tool}: " + "; ".join(parts)
-
-
 class RunStream:
-    """One run. Iterate for steps; ``answer`` is set when the iteration ends."""
+    """One run (one turn of ``session``). Iterate for steps; ``answer`` is set when the iteration ends."""
 
     def __init__(
         self,
@@ -89,25 +80,33 @@ class RunStream:
         history: list[dict[str, Any]] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         copy_inputs: bool = False,
+        session: Session | None = None,
+        runner: ToolRunner | None = None,
     ) -> None:
         self.agent = agent
         self.copy_inputs = copy_inputs
         self.question = question
         self.max_steps = max_steps or agent.config.limits.max_steps
-        self.history = history or []
-        limits = agent.config.limits
-        self.media = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
-        for source in media:  # validated up front: bad media fails before anything runs
-            self.media.add(source)
+        self.session = session if session is not None else agent.session()
+        if history:  # earlier turns kept by the caller (a fresh session only; a session keeps its own)
+            self.session.history = [dict(h) for h in history]
+        for source in media:  # validated up front: bad media fail before anything runs
+            self.session.add_media(source)
+        self.runner = runner or agent.runner
+        self.progress = progress
         self.planner: Planner = planner() if callable(planner) and not hasattr(planner, "next") else planner
-        self.ctx = RunContext(agent.config, agent.pool, self.media, progress)
+        self.tools = self.runner.tools
+        self.grounding = agent.grounding.new_state()
+        self.first_call = self.session.calls + 1
         self.trace = Trace(
             meta=RunMeta(
+                format=TRACE_FORMAT,
                 run_id=uuid.uuid4().hex[:12],
                 question=question,
                 turns=[h["question"] for h in self.history] + [question],
+                session=self.session.snapshot(),
                 media=self.media.infos(),
-                config=agent.config.model_dump(mode="json"),
+                config=agent.config.model_dump(mode="json", exclude={"server"}),  # the server section may hold a token
                 checkpoints={k: v.checkpoint for k, v in agent.config.models.items()},
                 planner=getattr(self.planner, "name", type(self.planner).__name__),
                 seed=agent.config.planner.seed,
@@ -119,9 +118,21 @@ class RunStream:
         self.writer = TraceWriter(trace_path) if trace_path else None
         self.answer: Answer | None = None
         self._iter: Iterator[Step] | None = None
-        self._seen_actions: dict[str, int] = {}
-        #: warnings for the Answer (final checks append; each becomes a NoteStep before the final)
-        self.warnings: list[str] = []
+        self._seen: dict[str, ToolStep] = {}
+        self.step_number = 0
+
+    @property
+    def media(self) -> Any:
+        return self.session.media
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.session.history
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings for the Answer (the grounding policy adds them)."""
+        return self.grounding.warnings
 
     # -- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Step]:
@@ -149,9 +160,13 @@ class RunStream:
         meta.ms = round((meta.finished - meta.started) * 1000, 3)
         answer.trace = self.trace
         self.answer = answer
+        self.session.end_turn(self.question, self.trace.steps, answer, self.first_call)
         if self.writer is not None:
             self.writer.answer(answer)
             self.writer.close()
+
+    def _fail(self, status: str, error: str) -> None:
+        self._finish(Answer(answer="", status=status, error=error, warnings=self.warnings))  # type: ignore[arg-type]
 
     def _run(self) -> Iterator[Step]:
         if self.writer is not None:
@@ -165,7 +180,7 @@ class RunStream:
         except BaseException as exc:
             if self.answer is None:
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                self._finish(Answer(answer="", status="failed", error=msg))
+                self._fail("failed", msg)
             raise
         finally:
             if self.writer is not None:
@@ -177,16 +192,12 @@ class RunStream:
                 yield self._emit(NoteStep(message=f"{info.id}: {note}"))
         limits = self.agent.config.limits
         errors = 0
-        tools = self.agent.tools
-        tool_classes = {name: type(t) for name, t in tools.items()}
-        warnings = self.warnings  # final checks may add to run.warnings
+        tool_classes = {name: type(t) for name, t in self.tools.items()}
         for i in range(self.max_steps):
-            self.step_number = i  # 0-based; final checks and planners see how many steps are left
+            self.step_number = i  # 0-based; the grounding policy and planners see how many steps are left
             if errors > limits.max_retries:
                 last = next(s for s in reversed(self.trace.steps) if isinstance(s, ErrorStep))
-                self._finish(
-                    Answer(answer="", status="failed", error=f"gave up after {errors} errors in a row; last: {last.message}", warnings=warnings)
-                )
+                self._fail("failed", f"gave up after {errors} errors in a row; last: {last.message}")
                 return
             state = PlannerState(
                 question=self.question,
@@ -197,17 +208,20 @@ class RunStream:
                 images=self.media.image,
                 max_steps=self.max_steps,
                 step=i,
+                citable=self.known_ids(),
             )
             t0 = time.perf_counter()
             try:
                 reply = self.planner.next(state)
             except PlannerOutputError as exc:
                 errors += 1
-                yield self._emit(ErrorStep(source="planner", message=str(exc), args={"raw": exc.raw} if exc.raw else None))
+                yield self._emit(
+                    ErrorStep(source="planner", code="planner_output", message=str(exc), args={"raw": exc.raw} if exc.raw else None)
+                )
                 continue
             except RunError as exc:
-                yield self._emit(ErrorStep(source="run", message=str(exc)))
-                self._finish(Answer(answer="", status="failed", error=str(exc), warnings=warnings))
+                yield self._emit(ErrorStep(source="run", code="run", message=str(exc)))
+                self._fail("failed", str(exc))
                 return
             decision = reply.decision
             yield self._emit(
@@ -220,139 +234,43 @@ class RunStream:
                 )
             )
             if isinstance(decision, Final):
-                noted = len(warnings)
-                problem = self._check_final(decision, warnings)
-                if problem:
+                noted = len(self.warnings)
+                verdict = self.agent.grounding.check(decision, self, self.grounding)
+                if verdict is not None:
                     errors += 1
-                    yield self._emit(ErrorStep(source="final", message=problem))
+                    yield self._emit(ErrorStep(source="final", code=verdict.code, message=verdict.message))
                     continue
-                for warning in warnings[noted:]:
+                for warning in self.warnings[noted:]:
                     yield self._emit(NoteStep(message=f"warning: {warning}"))
                 yield self._emit(FinalStep(answer=decision.answer, evidence=decision.evidence))
-                self._finish(
-                    Answer(answer=decision.answer, evidence=self.resolve_evidence(decision.evidence), warnings=warnings)
-                )
+                self._finish(Answer(answer=decision.answer, evidence=self.resolve_evidence(decision.evidence), warnings=self.warnings))
                 return
-            step = self._call_tool(decision)
-            errors = errors + 1 if isinstance(step, ErrorStep) else 0
-            yield step
-        self._finish(
-            Answer(
-                answer="",
-                status="max_steps",
-                error=f"no final answer within {self.max_steps} steps (raise --max-steps)",
-                warnings=warnings,
-            )
-        )
-
-    # -- tools -------------------------------------------------------------------------------
-    def _call_tool(self, action: Action) -> Step:
-        name = action.tool
-        tool = self.agent.tools.get(name)
-        if tool is None:
-            return self._emit(
-                ErrorStep(
-                    source="tool",
-                    tool=name,
-                    args=action.args,
-                    message=f"unknown tool '{name}'; available: {', '.join(self.agent.tools)}",
-                )
-            )
-        try:
-            inp = tool.Input.model_validate(action.args)
-        except ValidationError as exc:
-            return self._emit(ErrorStep(source="args", tool=name, args=action.args, message=format_validation_error(name, exc)))
-        key = inp.call_key(name)
-        earlier = self._seen_actions.get(key)
-        if earlier is not None:
-            prev = self.trace.steps[earlier]
-            obs = prev.observation if isinstance(prev, ToolStep) else ""
-            return self._emit(
-                ErrorStep(
-                    source="repeat",
-                    tool=name,
-                    args=action.args,
-                    message=f"repeated action: {name} was already called with these arguments (step {earlier}); "
-                    f"its observation was: {clip_text(obs, 200)} — use it, try something else, or answer",
-                )
-            )
-        ctx = self.ctx
-        call = ctx.begin_call()
-        t0 = time.perf_counter()
-        try:
-            try:
-                try:
-                    output = self.agent._execute(tool, inp, ctx)
-                except Exception as exc:
-                    # out of device memory: evict the models no one is using (this tool's stay) and retry once
-                    if not is_out_of_memory(exc) or not self.agent.pool.free_idle(keep_families=tool.families):
-                        raise
-                    log.warning("%s ran out of memory: evicted idle models, retrying", name)
-                    output = self.agent._execute(tool, inp, ctx)
-                observation = clip_text(output.observation())
-            except BaseException:
-                ctx.end_failed_call()  # a failed call takes no number: ids stay dense
-                raise
-        except futures.TimeoutError:
-            return self._emit(
-                ErrorStep(source="timeout", tool=name, args=action.args, message=f"{name} timed out after {self.agent.config.limits.tool_timeout_s} s")
-            )
-        except (ToolError, MediaError, ValueError) as exc:
-            return self._emit(ErrorStep(source="tool", tool=name, args=action.args, message=f"{name}: {exc}"))
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a tool crash is an observation, not a crash
-            log.debug("tool %s failed", name, exc_info=True)
-            return self._emit(
-                ErrorStep(source="tool", tool=name, args=action.args, message=f"{name} failed: {type(exc).__name__}: {exc}")
-            )
-        ms = (time.perf_counter() - t0) * 1000
-        step = ToolStep(
-            call=call,
-            tool=name,
-            args=action.args,
-            observation=observation,
-            output=output.model_dump(mode="json"),
-            ms=round(ms, 3),
-            models=list(ctx.models),
-            cache=dict(ctx.cache),
-        )
-        self._emit(step)
-        self._seen_actions[key] = step.index
-        regions = output.regions()
-        if regions:
-            ctx.record_regions(regions, name, step.index)
-        return step
+            result = self.runner.call(self.session, decision.tool, decision.args, emit=self._emit, seen=self._seen, progress=self.progress)
+            errors = 0 if result.ok else errors + 1
+            yield result.step
+        self._fail("max_steps", f"no final answer within {self.max_steps} steps (raise --max-steps)")
 
     # -- finals ------------------------------------------------------------------------------
+    def _calls(self) -> dict[int, ToolStep]:
+        return {s.call: s for s in self.trace.steps if isinstance(s, ToolStep)}
+
     def known_ids(self) -> list[str]:
-        ids = list(self.ctx.regions)
-        ids += [f"obs_{s.call}" for s in self.trace.steps if isinstance(s, ToolStep)]
-        return ids
+        """Every id a final answer may cite now: the session's regions and this turn's ``obs_N``."""
+        return [*self.session.regions, *(ids.obs_id(c) for c in self._calls())]
 
-    def _check_final(self, final: Final, warnings: list[str]) -> str | None:
-        unknown = [e for e in final.evidence if not self._resolvable(e)]
-        if unknown:
-            known = ", ".join(self.known_ids()[:30]) or "none (call a tool first)"
-            return f"the final answer cites unknown ids: {', '.join(unknown)}; known ids: {known}"
-        for check in [*self.agent.final_checks, *getattr(self.planner, "final_checks", ())]:
-            problem = check(final, self)
-            if problem:
-                return problem
-        return None
-
-    def _resolvable(self, ident: str) -> bool:
-        if ident in self.ctx.regions:
+    def resolvable(self, ident: str) -> bool:
+        if ident in self.session.regions:
             return True
-        m = _OBS_RE.match(ident)
-        return bool(m) and any(isinstance(s, ToolStep) and s.call == int(m.group(1)) for s in self.trace.steps)
+        call = ids.parse_obs_id(ident)
+        return call is not None and call in self._calls()
 
-    def resolve_evidence(self, ids: Sequence[str]) -> list[Evidence]:
+    def resolve_evidence(self, cited: Sequence[str]) -> list[Evidence]:
         out = []
-        for ident in ids:
-            record = self.ctx.regions.get(ident)
+        calls = self._calls()
+        for ident in cited:
+            record = self.session.regions.get(ident)
             if record is not None:
-                step = self.trace.steps[record.step]
+                step = self.trace.steps[record.step] if record.step >= 0 else None
                 out.append(
                     Evidence(
                         id=ident,
@@ -361,15 +279,14 @@ class RunStream:
                         step=record.step,
                         call=record.call,
                         region=record.region.model_dump(mode="json"),
-                        observation=step.observation if isinstance(step, ToolStep) else "",
+                        observation=step.observation if isinstance(step, ToolStep) else record.observation,
                     )
                 )
                 continue
-            m = _OBS_RE.match(ident)
-            for s in self.trace.steps:
-                if m and isinstance(s, ToolStep) and s.call == int(m.group(1)):
-                    out.append(Evidence(id=ident, kind="observation", tool=s.tool, step=s.index, call=s.call, observation=s.observation))
-                    break
+            call = ids.parse_obs_id(ident)
+            s = calls.get(call) if call is not None else None
+            if s is not None:
+                out.append(Evidence(id=ident, kind="observation", tool=s.tool, step=s.index, call=s.call, observation=s.observation))
         return out
 
 
@@ -383,21 +300,26 @@ class Agent:
         tools: Sequence[Tool | type[Tool]] | None = None,
         pool: ModelPool | None = None,
         final_checks: Sequence[FinalCheck] = (),
+        grounding: GroundingPolicy | None = None,
     ) -> None:
+        """``tools``: tool classes or instances (default: the built-in tools and installed plugins);
+        ``grounding``: the policy finals pass (default ``GroundingPolicy()``), ``final_checks`` are
+        added to it."""
         self.config = config or load_config()
         self.pool = pool or ModelPool(self.config.pool.budget_bytes)
         if tools is None:
-            from agent.registry import load_builtin_tools
+            from visagent.registry import load_tools
 
-            tools = list(load_builtin_tools().values())
+            tools = list(load_tools().values())
         self.tools: dict[str, Tool] = {}
         for t in tools:
             inst = t() if isinstance(t, type) else t
             self.tools[inst.name] = inst
         self._planner_spec = planner
         self._planner: Planner | None = None if isinstance(planner, (str, type(None))) else planner
-        self.final_checks: list[FinalCheck] = list(final_checks)
-        self._executor: futures.ThreadPoolExecutor | None = None
+        self.grounding = grounding or GroundingPolicy()
+        self.grounding.checks.extend(final_checks)
+        self.runner = ToolRunner(self.tools, self.config, self.pool)
         self._lock = threading.Lock()
 
     @classmethod
@@ -428,6 +350,10 @@ class Agent:
         fork = getattr(p, "fork", None)
         return fork() if callable(fork) else p
 
+    def session(self, media: Sequence[Any] = ()) -> Session:
+        """A new ``Session`` over this agent's config and pool, with ``media`` registered."""
+        return Session(self.config, self.pool, media)
+
     # -- running -----------------------------------------------------------------------------
     def stream(
         self,
@@ -440,8 +366,12 @@ class Agent:
         history: list[dict[str, Any]] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         copy_inputs: bool = False,
+        session: Session | None = None,
     ) -> RunStream:
         """Start a run; iterate the result for steps. Bad media raise ``MediaError`` here.
+
+        ``session``: run as the next turn of this session (media, region ids, call numbers and
+        history carry over); default a fresh one. ``history`` gives a fresh session earlier turns.
 
         With ``trace_path`` the trace is written as the run goes (``{run_id}`` in it is replaced by
         the run's id); inputs without a file of their own are copied beside it (``copy_inputs``:
@@ -450,6 +380,8 @@ class Agent:
             raise UsageError("the question is empty")
         if max_steps is not None and max_steps < 1:
             raise UsageError(f"max_steps must be at least 1, got {max_steps}")
+        if session is not None and history is not None:
+            raise UsageError("pass history or session, not both (a session keeps its own history)")
         return RunStream(
             self,
             question,
@@ -460,6 +392,7 @@ class Agent:
             history=history,
             progress=progress,
             copy_inputs=copy_inputs,
+            session=session,
         )
 
     def ask(self, question: str, media: Sequence[Any] = (), **kwargs: Any) -> Answer:
@@ -470,30 +403,20 @@ class Agent:
 
     def chat(self, media: Sequence[Any] = (), **kwargs: Any) -> Any:
         """A multi-turn ``Conversation`` over ``media``: ``conv.ask(question)`` per turn; earlier
-        turns' region ids stay usable and citable (see ``agent.conversation``)."""
-        from agent.conversation import Conversation
+        turns' region ids stay usable and citable (see ``visagent.conversation``)."""
+        from visagent.conversation import Conversation
 
         return Conversation(self, media, **kwargs)
 
-    def _execute(self, tool: Tool, inp: Any, ctx: RunContext) -> Any:
-        timeout = self.config.limits.tool_timeout_s
-        if not timeout:
-            return tool.run(inp, ctx)
-        if self._executor is None:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="visagent-tool")
-        return self._executor.submit(tool.run, inp, ctx).result(timeout=timeout)
-
     # -- asyncio -----------------------------------------------------------------------------
     async def aask(self, question: str, media: Sequence[Any] = (), **kwargs: Any) -> Answer:
-        """``ask`` with the model work in a worker thread (see ``agent.aio``)."""
-        from agent.aio import aask
+        """``ask`` with the model work in a worker thread (see ``visagent.aio``)."""
+        from visagent.aio import aask
 
         return await aask(self, question, media, **kwargs)
 
     def astream(self, question: str, media: Sequence[Any] = (), **kwargs: Any) -> Any:
-        """An ``AsyncRunStream``: ``async for step in agent.astream(...)`` (see ``agent.aio``)."""
-        from agent.aio import astream
+        """An ``AsyncRunStream``: ``async for step in agent.astream(...)`` (see ``visagent.aio``)."""
+        from visagent.aio import astream
 
         return astream(self, question, media, **kwargs)

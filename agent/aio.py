@@ -4,25 +4,30 @@
 returns an ``AsyncRunStream``: ``async for step in run`` yields each step as it happens and
 ``run.answer`` holds the Answer once the iteration ends (``await run.result()`` does both).
 
-Model work (planner and tools) runs in a worker thread (``asyncio.to_thread``); steps cross back to
-the event loop through a queue. Stopping early (``break`` out of the ``async for``, ``aclose()``,
-task cancellation) asks the worker to stop at the next step boundary: the run's generator is
-closed there, so a started tool call finishes but no further step starts. Any number of runs may
-be in flight at once; they share the agent's ModelPool (one copy of each model, one call at a time
-per model).
+Model work (planner and tools) runs in a worker thread (``asyncio.to_thread``, or the
+``executor`` given); steps cross back to the event loop through a queue. ``await run.start()``
+validates the media (bad input raises there, before any step) and starts the worker;
+``run.worker`` is the worker's future, done when the run has ended. Stopping early (``break`` out
+of the ``async for``, ``aclose()``, ``stop()``, task cancellation) asks the worker to stop at the
+next step boundary: the run's generator is closed there, so a started tool call finishes but no
+further step starts. Any number of runs may be in flight at once; they share the agent's
+ModelPool (one copy of each model, one call at a time per model). The HTTP server runs every
+request through this bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as futures
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from agent.agent import Agent, RunStream
-    from agent.types import Answer, Step
+    from visagent.agent import Agent, RunStream
+    from visagent.types import Answer, Step
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +36,35 @@ _DONE = object()
 
 async def aask(agent: "Agent", question: str, media: Sequence[Any] = (), **kwargs: Any) -> "Answer":
     """``agent.ask`` in a worker thread. Same arguments; bad input raises the same errors."""
-    return await asyncio.to_thread(agent.ask, question, list(media), **kwargs)
+    return await astream(agent, question, media, **kwargs).result()
 
 
-def astream(agent: "Agent", question: str, media: Sequence[Any] = (), **kwargs: Any) -> "AsyncRunStream":
-    """Start a run lazily: it begins on the first ``async for`` (or ``await run.result()``).
+def astream(
+    agent: "Agent", question: str, media: Sequence[Any] = (), *, executor: futures.Executor | None = None, **kwargs: Any
+) -> "AsyncRunStream":
+    """Start a run lazily: it begins on ``await run.start()`` or the first ``async for``.
 
-    Bad input (empty question, unreadable media) raises from the first iteration, as
-    ``UsageError`` / ``MediaError``, before any step.
-    """
-    return AsyncRunStream(agent, question, list(media), kwargs)
+    Bad input (empty question, unreadable media) raises from there, as ``UsageError`` /
+    ``MediaError``, before any step. ``kwargs`` are ``Agent.stream``'s."""
+    return AsyncRunStream(agent, question, list(media), kwargs, executor=executor)
 
 
 class AsyncRunStream:
     """One asynchronous run. Iterate with ``async for``; ``answer`` is set when it ends."""
 
-    def __init__(self, agent: "Agent", question: str, media: list[Any], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, agent: "Agent", question: str, media: list[Any], kwargs: dict[str, Any], executor: futures.Executor | None = None
+    ) -> None:
         self.agent = agent
         self.question = question
         self.media_inputs = media
         self.kwargs = kwargs
+        self.executor = executor
         self.run: "RunStream | None" = None  # the synchronous run, once started
         self.answer: "Answer | None" = None
+        self.worker: "asyncio.Future[None] | None" = None
         self._stop = threading.Event()
+        self._queue: asyncio.Queue[Any] | None = None
         self._iter: AsyncIterator["Step"] | None = None
 
     def __aiter__(self) -> AsyncIterator["Step"]:
@@ -77,13 +88,18 @@ class AsyncRunStream:
         if self._iter is not None:
             await self._iter.aclose()  # type: ignore[attr-defined]
 
-    async def _steps(self) -> AsyncIterator["Step"]:
+    async def start(self) -> None:
+        """Validate the media (off the event loop: it decodes images) and start the worker."""
+        if self.worker is not None:
+            return
         loop = asyncio.get_running_loop()
-        # validating media decodes images: keep that off the loop too
-        self.run = await asyncio.to_thread(self.agent.stream, self.question, self.media_inputs, **self.kwargs)
+        stream = functools.partial(self.agent.stream, self.question, self.media_inputs, **self.kwargs)
+        self.run = run = await loop.run_in_executor(self.executor, stream)
+        if self.worker is not None:  # started meanwhile by another caller
+            return
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue = queue
         stop = self._stop
-        run = self.run
 
         def put(item: Any) -> None:
             try:
@@ -107,7 +123,13 @@ class AsyncRunStream:
                     close()
             put(_DONE)
 
-        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        self.worker = loop.run_in_executor(self.executor, work)
+        self.worker.add_done_callback(_log_worker_error)
+
+    async def _steps(self) -> AsyncIterator["Step"]:
+        await self.start()
+        queue, run = self._queue, self.run
+        assert queue is not None and run is not None
         try:
             while True:
                 item = await queue.get()
@@ -118,10 +140,7 @@ class AsyncRunStream:
                 yield item
             self.answer = run.answer
         finally:
-            stop.set()
-            if not worker.done():
-                # let the worker finish its current step without blocking the loop
-                worker.add_done_callback(_log_worker_error)
+            self._stop.set()  # a consumer that left early: the worker stops at its next step
             if self.answer is None and run.answer is not None:
                 self.answer = run.answer
 

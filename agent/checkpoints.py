@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from agent.errors import ModelUnavailableError, UsageError
+from visagent.errors import ModelUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,10 @@ def tiny_dir(name: str, backend: str, cache_dir: Path) -> Path:
 def ensure_tiny(name: str, backend: str, cache_dir: Path) -> Path:
     """Build the tiny checkpoint ``name`` for ``backend`` once (process- and thread-safe)."""
     from filelock import FileLock
+    from visagent.registry import load_model_modules
+    from visagent.tools.models import tiny_builder, tiny_builders
 
-    from agent.registry import load_builtin_tools
-    from tools.models import tiny_builder, tiny_builders
-
-    load_builtin_tools()  # tool modules register their builders on import
+    load_model_modules()  # modules register their builders on import
     builder = tiny_builder(name, backend)
     if builder is None:
         known = sorted({n for n, _ in tiny_builders()})

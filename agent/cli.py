@@ -50,7 +50,7 @@ def fail_usage(message: str) -> None:
 
 
 def _load_config(config: Optional[Path], profile: Optional[str], overrides: dict[str, Any] | None = None) -> Any:
-    from agent.config import load_config
+    from visagent.config import load_config
 
     return load_config(config, profile=profile, overrides=overrides or {})
 
@@ -77,7 +77,7 @@ def ask(
         fail_usage("ask needs at least one media input and a question: visagent ask IMAGE... QUESTION")
     *media, question = args
     cfg = _load_config(config, profile)
-    from agent.agent import Agent
+    from visagent.agent import Agent
 
     if cfg.profile == "tiny":
         err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
@@ -93,11 +93,11 @@ def ask(
     answer = run.answer
     assert answer is not None
     if show is not None:
-        from agent.render import render_answer
+        from visagent.render import render_answer
 
         render_answer(answer, run.media, show)
     if report is not None:
-        from agent.report import write_report
+        from visagent.report import write_report
 
         write_report(answer, run.media, report)
     if as_json:
@@ -191,22 +191,27 @@ def _print_answer(answer: Any) -> None:
 
 
 @app.command()
-def tools(as_json: Annotated[bool, typer.Option("--json", help="JSON list of {name, description, input_schema}")] = False) -> None:
-    """List the tools with their descriptions and input schemas."""
-    from agent.registry import load_builtin_tools
+def tools(as_json: Annotated[bool, typer.Option("--json", help="JSON list of {name, description, input_schema, origin}")] = False) -> None:
+    """List the tools (built-in and plugins) with their descriptions, input schemas and origin."""
+    from visagent.registry import load_tools, plugin_problems, tool_origins
 
-    registry = load_builtin_tools()
+    registry = load_tools()
+    origins = tool_origins()
+    for problem in plugin_problems():
+        err.print(f"warning: {problem}", markup=False, highlight=False)
     if as_json:
-        sys.stdout.write(json.dumps([t.spec() for t in registry.values()], indent=2) + "\n")
+        sys.stdout.write(json.dumps([{**t.spec(), "origin": origins.get(n, "builtin")} for n, t in registry.items()], indent=2) + "\n")
         return
-    for tool in registry.values():
-        out.print(f"[bold]{tool.signature()}[/bold]\n    {tool.description}")
+    for name, tool in registry.items():
+        origin = origins.get(name, "builtin")
+        out.print(f"{tool.signature()}", style="bold", markup=False, highlight=False)
+        out.print(f"    {tool.description}" + ("" if origin == "builtin" else f"\n    from {origin}"), markup=False, highlight=False)
 
 
 @app.command()
 def models(profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Configured checkpoint per model family, whether it is available and resident."""
-    from agent.checkpoints import is_available, weights_bytes
+    from visagent.checkpoints import is_available, weights_bytes
 
     cfg = _load_config(config, profile)
     rows = []
@@ -258,10 +263,10 @@ def doctor(profile: ProfileOpt = None, config: ConfigOpt = None) -> None:
 
 
 def _register_commands() -> None:
-    import agent.commands as pkg
+    import visagent.commands as pkg
 
     for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"agent.commands.{mod.name}")
+        module = importlib.import_module(f"visagent.commands.{mod.name}")
         register = getattr(module, "register", None)
         if callable(register):
             register(app)
@@ -272,7 +277,7 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, mapping errors to exit codes and one-line messages."""
-    from agent.errors import UsageError, VisagentError
+    from visagent.errors import UsageError, VisagentError
 
     # model-loading progress bars and library chatter would bury the answer; VISAGENT_LOG=INFO shows loads
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -22,8 +22,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.errors import UsageError
+from visagent.errors import UsageError
 
 PROFILES = ("default", "tiny")
 
@@ -64,19 +63,68 @@ class ModelConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class PlannerConfig(BaseModel):
-    """Planner settings. ``kind``: llava, openai, langchain, script:PATH."""
+class PromptSettings(BaseModel):
+    """Prompt options every model planner takes."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
+    examples: bool = True  # show the worked examples in the system prompt
+    max_images: int = Field(4, ge=0)  # most images shown to the planner at once
+
+
+class LlavaOptions(PromptSettings):
+    """Options of the local LLaVA planner (``kind: llava``)."""
+
+    format: str = "json"  # the action format: json, or llava_plus (LLaVA-Plus checkpoints)
+    charset: Literal["ascii", "unicode"] = "ascii"  # characters constrained decoding allows in strings
+    cache_implementation: str | None = None  # transformers' generate(cache_implementation=...)
+
+
+class ChatOptions(PromptSettings):
+    """Options of the chat planners (``kind: openai`` and ``kind: langchain``)."""
+
+    tool_calling: bool | Literal["auto"] = "auto"  # native tool calls (true), JSON actions in text (false), or try (auto)
+    context_tokens: int = Field(32768, ge=256)  # the served model's context window
+    image_tokens: int = Field(600, ge=0)  # what one image costs in the context
+    timeout: float = Field(120.0, gt=0)  # seconds per request
+    max_retries: int = Field(1, ge=0)  # the client's retries of a failed request
+
+
+class PlannerConfig(BaseModel):
+    """Planner settings. ``kind``: llava, openai, langchain, script:PATH.
+
+    Common settings, then each kind's options, all flat in the ``planner:`` section (an option of
+    another kind is allowed: switching ``--planner`` keeps one config file); ``options(kind)``
+    returns the typed options of one kind."""
+
+    model_config = ConfigDict(extra="forbid")
     kind: str = "llava"
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
     constrained: bool = True
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # LlavaOptions
+    format: str = "json"
+    charset: Literal["ascii", "unicode"] = "ascii"
+    cache_implementation: str | None = None
+    # PromptSettings
+    examples: bool = True
+    max_images: int = Field(4, ge=0)
+    # ChatOptions
+    tool_calling: bool | Literal["auto"] = "auto"
+    context_tokens: int = Field(32768, ge=256)
+    image_tokens: int = Field(600, ge=0)
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(1, ge=0)
+
+    def llava(self) -> LlavaOptions:
+        return LlavaOptions.model_validate({k: getattr(self, k) for k in LlavaOptions.model_fields})
+
+    def chat(self) -> ChatOptions:
+        return ChatOptions.model_validate({k: getattr(self, k) for k in ChatOptions.model_fields})
 
 
 class Limits(BaseModel):
@@ -94,10 +142,43 @@ class PoolConfig(BaseModel):
     budget_bytes: int | None = None  # None: no limit on CPU; 90% of GPU memory on CUDA
 
 
-class Config(BaseModel):
-    """The whole configuration. ``model_dump()`` is recorded in every trace."""
+class ServerSettings(BaseModel):
+    """Server settings (config section ``server:``; every key optional).
 
-    model_config = ConfigDict(extra="allow")
+    - ``token``: bearer token required on ``/v1`` routes (None: no auth; env ``VISAGENT_TOKEN``).
+    - ``allowed_roots``: folders whose files JSON requests may name by server-side path.
+    - ``max_request_bytes``: largest request body (413 beyond).
+    - ``max_files``: most files in one multipart request.
+    - ``max_pixels``: most pixels per image (413 beyond); None: the agent's ``limits.max_pixels``.
+    - ``max_steps``: the largest ``max_steps`` a request may ask for; None: ``limits.max_steps``.
+    - ``timeout_s``: wall time per request (504 beyond; the run stops at its next step).
+    - ``max_concurrency``: runs at once; ``max_queue``: requests waiting for a slot (429 beyond).
+    - ``include_trace``: whether answers carry the full trace by default.
+    - ``trace_dir``: folder where each request's trace is written as ``<trace.meta.run_id>.jsonl``,
+      with copies of its inputs, so that any request can be inspected and replayed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    token: str | None = None
+    allowed_roots: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_files: int = Field(8, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    max_concurrency: int = Field(2, ge=1)
+    max_queue: int = Field(16, ge=0)
+    include_trace: bool = True
+    trace_dir: str | None = None
+
+
+class Config(BaseModel):
+    """The whole configuration. ``model_dump()`` (less the ``server`` section, which may hold a
+    token) is recorded in every trace. Unknown keys are errors naming the nearest valid key."""
+
+    model_config = ConfigDict(extra="forbid")
     profile: Literal["default", "tiny"] = "default"
     device: str = "auto"
     dtype: str = "auto"
@@ -106,7 +187,7 @@ class Config(BaseModel):
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     limits: Limits = Field(default_factory=Limits)
     pool: PoolConfig = Field(default_factory=PoolConfig)
-    server: dict[str, Any] = Field(default_factory=dict)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @property
     def cache_path(self) -> Path:
@@ -181,9 +262,40 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section at ``loc`` (the model that rejected an extra key)."""
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            if model is Config or not isinstance(part, str):
+                return []
+            # a mapping of sections (models.FAMILY): step into its value type
+            model = ModelConfig if model == "models" else None
+            continue
+        annotation = field.annotation
+        if part == "models":
+            model = "models"
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
 def _format_validation(exc: ValidationError, origin: str) -> str:
+    import difflib
+
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        valid = _fields_at(tuple(err["loc"][:-1]))
+        near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f" (did you mean '{'.'.join([*map(str, err['loc'][:-1]), near[0]])}'?)" if near else (
+            f" (valid keys here: {', '.join(valid)})" if valid else ""
+        )
+        return f"unknown configuration key{origin}: {loc}{hint}"
     return f"invalid configuration{origin}: {loc}: {err['msg']}"
 
 

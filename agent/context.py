@@ -1,4 +1,5 @@
-"""RunContext: what tools see while they run (media, regions, models, progress)."""
+"""CallContext: what a tool sees while it runs (media, regions, models, progress); Models: the
+configured checkpoints served from the pool."""
 
 from __future__ import annotations
 
@@ -6,24 +7,24 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+from visagent import ids
+from visagent.config import Config
+from visagent.errors import ToolError, UsageError
+from visagent.media import MediaStore
+from visagent.pool import (
+    ModelKey,
+    ModelPool,
+    resolve_device,
+    resolve_dtype,
+    torch_dtype,
+)
+from visagent.tools.base import Region
 
-from agent.config import Config
-from agent.errors import ToolError, UsageError
-from agent.media import MediaStore
-from agent.pool import ModelKey, ModelPool, resolve_device, resolve_dtype, torch_dtype
-from tools.base import REGION_ID_RE, Region
-
-
-@dataclass
-class RegionRecord:
-    region: Region
-    tool: str
-    step: int  # index of the tool step in the trace
-    call: int
+if TYPE_CHECKING:  # pragma: no cover
+    from visagent.session import Session
 
 
 class Models:
@@ -46,7 +47,7 @@ class Models:
         return ModelKey(family, ckpt_key, device, dtype), mc.backend, mc.checkpoint
 
     def resolve(self, family: str) -> str:
-        from agent.checkpoints import resolve_checkpoint
+        from visagent.checkpoints import resolve_checkpoint
 
         mc = self.config.model(family)
         cache_key = (family, mc.backend, mc.checkpoint)
@@ -63,10 +64,10 @@ class Models:
 
     @contextmanager
     def use(self, family: str) -> Iterator[Any]:
-        from agent.registry import load_builtin_tools
-        from tools.models import loader_for
+        from visagent.registry import load_model_modules
+        from visagent.tools.models import loader_for
 
-        load_builtin_tools()
+        load_model_modules()
         key, backend, _ = self.key(family)
         loader = loader_for(family, backend)
         if loader is None:
@@ -80,70 +81,65 @@ class Models:
             yield model
 
 
-class RunContext:
-    """Implements ``tools.base.ToolContext`` for one run."""
+class CallContext:
+    """Implements ``visagent.tools.base.ToolContext`` for one tool call.
 
-    def __init__(
-        self,
-        config: Config,
-        pool: ModelPool,
-        media: MediaStore,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> None:
-        self.config = config
-        self.pool = pool
-        self.media = media
-        self.models_ = Models(config, pool)
-        self.regions: dict[str, RegionRecord] = {}
-        self.call = 0
+    Each call gets its own context (``Session.open_call``, or the ``ToolRunner``): its number, its
+    cache events and the models it used. Once the call is over (finished, failed or timed out) the
+    context is closed: a tool thread still running after a timeout can no longer make region ids,
+    add images or touch caches, so nothing it does reaches a later call.
+    """
+
+    def __init__(self, session: "Session", models: Models, call: int, progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.session = session
+        self.config = models.config
+        self.models_ = models
+        self.call = call
         self.cache: dict[str, str] = {}
         self.models: list[str] = []
         self._progress = progress
+        self.closed = False
 
-    # -- per call ----------------------------------------------------------------------------
-    def begin_call(self) -> int:
-        self.call += 1
-        self.cache = {}
-        self.models = []
-        return self.call
+    def close(self) -> None:
+        self.closed = True
 
-    def end_failed_call(self) -> None:
-        self.call -= 1
+    def _live(self) -> None:
+        if self.closed:
+            raise ToolError(f"call {self.call} is over (it timed out or failed); its results are discarded")
 
-    def record_regions(self, regions: list[Region], tool: str, step: int) -> None:
-        for region in regions:
-            self.regions[region.id] = RegionRecord(region, tool, step, self.call)
+    @property
+    def media(self) -> MediaStore:
+        return self.session.media
 
     # -- ToolContext -------------------------------------------------------------------------
     def image(self, media_id: str) -> Image.Image:
-        return self.media.image(media_id)
+        return self.session.media.image(media_id)
 
     def image_ids(self) -> list[str]:
-        return self.media.ids("image")
+        return self.session.media.ids("image")
 
     def media_cache(self, media_id: str) -> dict[str, Any]:
-        return self.media.cache(media_id)
+        self._live()
+        return self.session.media.cache(media_id)
 
     def video_path(self, media_id: str) -> str:
-        return str(self.media.video_path(media_id))
+        return str(self.session.media.video_path(media_id))
 
     def add_image(self, image: Image.Image, source: str, **info: Any) -> str:
-        return self.media.add_image(image, source, **info)
+        self._live()
+        return self.session.media.add_image(image, source, **info)
 
     def region(self, region_id: str) -> Region:
-        record = self.regions.get(region_id)
-        if record is None:
-            hint = "" if REGION_ID_RE.match(region_id) else " (region ids look like det_2_0)"
-            known = ", ".join(list(self.regions)[:20]) or "none yet"
-            raise ToolError(f"unknown region id '{region_id}'{hint}; known: {known}")
-        return record.region
+        return self.session.region(region_id)
 
     def region_id(self, prefix: str, index: int) -> str:
-        return f"{prefix}_{self.call}_{index}"
+        self._live()
+        return ids.format_region_id(prefix, self.call, index)
 
     @contextmanager
     def model(self, family: str) -> Iterator[Any]:
         """``with ctx.model("segment") as bundle:`` — the family's loaded model, locked for the call."""
+        self._live()
         key, _, checkpoint = self.models_.key(family)
         if checkpoint not in self.models:
             self.models.append(checkpoint)
@@ -157,5 +153,5 @@ class RunContext:
         return self.config.models.get(tool)
 
     def progress(self, message: str, done: int, total: int) -> None:
-        if self._progress is not None:
+        if self._progress is not None and not self.closed:
             self._progress(message, done, total)

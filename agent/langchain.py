@@ -20,71 +20,50 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.errors import MediaError, ToolError, UsageError
+from pydantic import BaseModel, ConfigDict, Field
+from visagent import ids
+from visagent.errors import UsageError
+from visagent.session import Session
+from visagent.types import Step, ToolStep
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.tools import StructuredTool
-
-    from agent.agent import Agent
-    from agent.types import Answer
-    from tools.base import Tool, ToolOutput
+    from visagent.agent import Agent
+    from visagent.tools.base import Tool, ToolOutput
+    from visagent.types import Answer
 
 log = logging.getLogger(__name__)
 
 _MEDIA_FIELD = re.compile(r"image|video|media|frame")
-_MEDIA_ID = re.compile(r"^(img|vid)_\d+$")
 
 
-class ToolSession:
-    """Media and regions shared by the LangChain tools of one ``make_tools`` call (thread-safe).
-
-    ``media``: the ``MediaStore`` (ids ``img_k`` / ``vid_k``); ``ctx``: the ``RunContext`` whose
-    ``regions`` hold every region id produced so far; ``calls``: one record per finished call
-    (``{"call", "tool", "args", "observation"}``).
+class ToolSession(Session):
+    """The ``Session`` shared by the LangChain tools of one ``make_tools`` call (thread-safe):
+    media (ids ``img_k`` / ``vid_k``), region ids and call numbers persist from call to call.
+    ``steps``: every call's ``ToolStep`` / ``ErrorStep``, in order (``step.index`` is its position).
+    Calls run through the agent's ``ToolRunner``, as the agent loop's do.
     """
 
     def __init__(self, agent: "Agent", media: Sequence[Any] = ()) -> None:
-        from agent.context import RunContext
-        from agent.media import MediaStore
-
-        limits = agent.config.limits
+        super().__init__(agent.config, agent.pool, media)
         self.agent = agent
-        self.media = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
-        self.ctx = RunContext(agent.config, agent.pool, self.media)
-        self.calls: list[dict[str, Any]] = []
-        self._sources: dict[str, str] = {}
-        self._lock = threading.RLock()
-        for source in media:
-            self.add_media(source)
+        self.steps: list[Step] = []
 
-    def add_media(self, source: Any) -> str:
-        """Register a media input (path, ``sample:NAME``, PIL image, array); returns its id.
-
-        The same path or sample name given twice gets the same id.
-        """
-        with self._lock:
-            key = str(source) if isinstance(source, str) else None
-            if key is not None and key in self._sources:
-                return self._sources[key]
-            media_id = self.media.add(source)
-            if key is not None:
-                self._sources[key] = media_id
-            return media_id
+    def _emit(self, step: Step) -> Step:
+        step.index = len(self.steps)
+        self.steps.append(step)
+        return step
 
     def _resolve(self, value: Any, added: list[tuple[str, str]]) -> Any:
         if isinstance(value, list):
             return [self._resolve(v, added) for v in value]
-        if not isinstance(value, str) or _MEDIA_ID.match(value) and value in self.media:
+        if not isinstance(value, str) or value in self.media:
             return value
-        if _MEDIA_ID.match(value):
-            known = ", ".join(self.media.ids()) or "none yet (pass a file path or sample:NAME)"
-            raise MediaError(f"unknown media id '{value}'; known: {known}")
+        if ids.MEDIA_RE.match(value):
+            self.media_id(value)  # unknown media id: MediaError listing the known ones
         fresh = value not in self._sources
         media_id = self.add_media(value)
         if fresh:
@@ -97,45 +76,21 @@ class ToolSession:
         Returns (content text, typed output). Raises ``ToolException`` with a one-line reason
         for bad arguments, bad media and tool failures.
         """
-        import concurrent.futures as futures
-
         from langchain_core.tools import ToolException
 
-        from tools.base import clip_text
-
-        with self._lock:
+        with self.lock:
             added: list[tuple[str, str]] = []
             try:
-                args = {
-                    k: self._resolve(v, added) if _MEDIA_FIELD.search(k) else v for k, v in args.items()
-                }
-                inp = tool.Input.model_validate(args)
-            except ValidationError as exc:
-                from agent.agent import format_validation_error
-
-                raise ToolException(format_validation_error(tool.name, exc)) from None
+                args = {k: self._resolve(v, added) if _MEDIA_FIELD.search(k) else v for k, v in args.items()}
             except UsageError as exc:
                 raise ToolException(str(exc)) from None
-            ctx = self.ctx
-            ctx.begin_call()
-            try:
-                output = self.agent._execute(tool, inp, ctx)
-                observation = clip_text(output.observation())
-            except futures.TimeoutError:
-                ctx.end_failed_call()
-                raise ToolException(f"{tool.name} timed out after {self.agent.config.limits.tool_timeout_s} s") from None
-            except (ToolError, UsageError, ValueError) as exc:
-                ctx.end_failed_call()
-                raise ToolException(f"{tool.name}: {exc}") from None
-            except Exception as exc:  # noqa: BLE001 - a tool crash is a message for the model
-                ctx.end_failed_call()
-                log.debug("tool %s failed", tool.name, exc_info=True)
-                raise ToolException(f"{tool.name} failed: {type(exc).__name__}: {exc}") from None
-            ctx.record_regions(output.regions(), tool.name, len(self.calls))
-            self.calls.append({"call": ctx.call, "tool": tool.name, "args": args, "observation": observation})
+            result = self.agent.runner.call(self, tool.name, args, emit=self._emit)
+            if not isinstance(result.step, ToolStep) or result.output is None:
+                raise ToolException(result.step.message)
+            observation = result.step.observation
         if added:
             observation += " [media: " + "; ".join(f"{src} = {mid}" for src, mid in added) + "]"
-        return observation, output
+        return observation, result.output
 
 
 def _tool_description(tool: "Tool") -> str:

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from agent.errors import MediaError
-from agent.types import MediaInfo
+from visagent.errors import MediaError
+from visagent.types import MediaInfo
 
 #: bundled sample images (scikit-image ships them; no download)
 SAMPLES = (

@@ -73,7 +73,7 @@ def torch_dtype(name: str) -> Any:
     try:
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
     except KeyError:
-        from agent.errors import UsageError
+        from visagent.errors import UsageError
 
         raise UsageError(f"unknown dtype '{name}'; use float32, float16, bfloat16 or auto") from None
 

@@ -5,7 +5,7 @@
 their text). Several images or video frames become one contact sheet, each tile captioned with its
 id, source and timestamp. Drawing is done with ``supervision`` annotators.
 
-Region dicts (``Evidence.region``, tool outputs in traces) follow ``tools.base.Region``:
+Region dicts (``Evidence.region``, tool outputs in traces) follow ``visagent.tools.base.Region``:
 ``{"id", "image", "box": [x0, y0, x1, y1] original pixels, "score", "label"}`` plus optional
 ``"rle"`` (COCO run-length encoding ``{"size": [h, w], "counts": str | list[int]}``) for masks and
 ``"text"`` for OCR lines.
@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from agent.errors import UsageError
-from agent.media import MediaStore
-from agent.types import Answer, MediaInfo
+from visagent.errors import UsageError
+from visagent.media import MediaStore
+from visagent.types import Answer, MediaInfo
 
 log = logging.getLogger(__name__)
 

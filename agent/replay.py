@@ -19,7 +19,6 @@ video again and checks the timestamps), so later calls and a new planner see the
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import json
 import logging
 import threading
@@ -29,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError
-
-from agent.config import Config, load_config
-from agent.errors import PlannerOutputError, RunError, ToolError, UsageError
-from agent.media import MediaStore
-from agent.planners.base import PlannerState
-from agent.render import iter_regions
-from agent.trace import read_trace
-from agent.types import (
+from visagent import ids
+from visagent.config import Config, load_config
+from visagent.errors import PlannerOutputError, RunError, ToolError, UsageError
+from visagent.media import MediaStore
+from visagent.planners.base import PlannerState
+from visagent.render import iter_regions
+from visagent.runner import RecordedFailure
+from visagent.tools.base import Region, Tool, ToolInput, ToolOutput
+from visagent.trace import read_trace
+from visagent.types import (
     Answer,
     ErrorStep,
     FinalStep,
@@ -47,8 +48,6 @@ from agent.types import (
     ToolStep,
     Trace,
 )
-from tools.base import REGION_ID_RE as _REGION_ID
-from tools.base import Region, Tool, ToolInput, ToolOutput
 
 log = logging.getLogger(__name__)
 
@@ -151,24 +150,47 @@ class AnyInput(ToolInput):
     model_config = ConfigDict(extra="allow")
 
 
+class RecordedTool:
+    """Stands in for a recorded tool that is not installed: any arguments, the recorded outputs
+    (served by ``Recording``; it never runs)."""
+
+    Input = AnyInput
+    Output = RecordedOutput
+    families: tuple[str, ...] = ()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.description = f"Recorded outputs of {name}."
+
+    def run(self, inp: ToolInput, ctx: Any) -> ToolOutput:  # noqa: A002
+        raise ToolError(f"no recorded output for {self.name} with these arguments, and the tool is not installed")
+
+
 @dataclass
 class Recording:
-    """Recorded tool calls, served in order per (tool, arguments)."""
+    """Recorded tool calls, served in order per (tool, arguments): the ``ToolRunner``'s result
+    source during replay. Calls without a recording run the tool when ``run_missing`` (re-planning),
+    else fail."""
 
     steps: list[Step]
     calls: dict[str, deque[Step]] = field(default_factory=lambda: defaultdict(deque))
     served: int = 0
     ran: int = 0
     renumber: bool = False
+    run_missing: bool = False
     old_of_new: dict[str, str] = field(default_factory=dict)  # region id now -> id in the recording
-    current_args: dict[str, Any] = field(default_factory=dict)  # the planner's raw arguments of this call
     inputs: dict[str, type[ToolInput]] = field(default_factory=dict)  # tool name -> Input model, for keys
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         for s in self.steps:
-            if isinstance(s, ToolStep) or (isinstance(s, ErrorStep) and s.source in ("tool", "timeout") and s.tool):
+            if isinstance(s, ToolStep) or (isinstance(s, ErrorStep) and s.code in ("tool_error", "tool_crash", "timeout") and s.tool):
                 self.calls[self.key(s.tool or "", s.args or {})].append(s)
+            if isinstance(s, ToolStep):  # a tool that is not installed may use a prefix nobody declared
+                for value in iter_regions(s.output):
+                    rid = value.get("id")
+                    if isinstance(rid, str) and ids.REGION_SHAPE_RE.match(rid):
+                        ids.register_prefix(rid.rsplit("_", 2)[0], s.tool)
 
     def key(self, tool: str, args: dict[str, Any]) -> str:
         """The call's identity: its validated input where the tool's schema is known (defaults and
@@ -181,103 +203,37 @@ class Recording:
                 pass
         return tool + canonical(args)
 
-    def to_recorded_ids(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.old_of_new.get(value, value)
-        if isinstance(value, list):
-            return [self.to_recorded_ids(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self.to_recorded_ids(v) for k, v in value.items()}
-        return value
-
     def take(self, tool: str, args: dict[str, Any]) -> Step | None:
         with self.lock:
-            queue = self.calls.get(self.key(tool, self.to_recorded_ids(args)))
+            queue = self.calls.get(self.key(tool, ids.map_ids(args, self.old_of_new)))
             if not queue:
                 return None
             return queue.popleft()
 
-
-def _renumber(output: dict[str, Any], old_call: int, new_call: int, mapping: dict[str, str]) -> dict[str, Any]:
-    def walk(v: Any) -> Any:
-        if isinstance(v, str):
-            m = _REGION_ID.match(v)
-            if m and int(m.group(2)) == old_call:
-                new = f"{m.group(1)}_{new_call}_{m.group(3)}"
-                mapping[new] = v
-                return new
-            return v
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        return v
-
-    return walk(output)
-
-
-def replay_tool(name: str, recording: Recording, real: type[Tool] | None, run_missing: bool) -> Tool:
-    """A tool named ``name`` with ``real``'s schemas that serves recorded outputs.
-
-    Calls without a recording run ``real`` when ``run_missing`` (re-planning), else fail.
-    """
-    real_inst = real() if (real is not None and run_missing) else None
-    output_cls: type[ToolOutput] = real.Output if real is not None else RecordedOutput
-
-    def run(self: Tool, inp: ToolInput, ctx: Any) -> ToolOutput:
-        step = recording.take(name, recording.current_args)
+    # -- ResultSource ---------------------------------------------------------------------------
+    def result(self, tool: Any, inp: ToolInput, args: dict[str, Any], ctx: Any) -> ToolOutput | None:
+        step = self.take(tool.name, args)
         if step is None:
-            if real_inst is None:
-                raise ToolError(f"no recorded output for {name} with these arguments (replay runs no models)")
-            recording.ran += 1
-            return real_inst.run(inp, ctx)
-        recording.served += 1
+            if not self.run_missing or isinstance(tool, RecordedTool):
+                raise ToolError(f"no recorded output for {tool.name} with these arguments (replay runs no models)")
+            self.ran += 1
+            return None  # the runner runs the tool
+        self.served += 1
         if isinstance(step, ErrorStep):
-            if step.source == "timeout":
-                raise futures.TimeoutError()
-            prefix = f"{name}: "
-            msg = step.message[len(prefix) :] if step.message.startswith(prefix) else step.message
-            raise ToolError(msg)
+            raise RecordedFailure(step)
         assert isinstance(step, ToolStep)
         data = step.output
-        if recording.renumber and step.call != ctx.call:
-            data = _renumber(data, step.call, ctx.call, recording.old_of_new)
+        if self.renumber and step.call != ctx.call:
+            data = ids.renumber(data, step.call, ctx.call, self.old_of_new)
         ctx.models.extend(m for m in step.models if m not in ctx.models)
         ctx.cache.update(step.cache)
-        if real is None:
+        if isinstance(tool, RecordedTool):
             return RecordedOutput.model_validate({**data, "__observation__": step.observation})
         try:
-            out = output_cls.model_validate(data)
+            out = tool.Output.model_validate(data)
         except ValidationError as exc:
-            raise ToolError(f"the recorded output no longer fits {name}'s Output: {exc.errors()[0]['msg']}") from None
-        return real.replay_effects(inp, out, ctx)
-
-    attrs: dict[str, Any] = {
-        "name": name,
-        "description": (real.description if real is not None else f"Recorded outputs of {name}."),
-        "Input": real.Input if real is not None else AnyInput,
-        "Output": output_cls,
-        "families": real.families if real is not None else (),
-        "run": run,
-        "__module__": __name__,
-    }
-    cls = type(f"Replay_{name}", (Tool,), attrs)
-    return cls()
-
-
-class _Watch:
-    """Wraps a planner and notes the raw arguments of each action, to match recorded calls."""
-
-    def __init__(self, planner: Any, recording: Recording) -> None:
-        self.planner = planner
-        self.recording = recording
-        self.name = getattr(planner, "name", type(planner).__name__)
-
-    def next(self, state: PlannerState) -> PlannerReply:
-        reply = self.planner.next(state)
-        decision = reply.decision
-        self.recording.current_args = dict(decision.args) if decision.kind == "action" else {}
-        return reply
+            raise ToolError(f"the recorded output no longer fits {tool.name}'s Output: {exc.errors()[0]['msg']}") from None
+        return type(tool).replay_effects(inp, out, ctx)
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -360,10 +316,10 @@ def replay(
     of the registered tools. ``planner``: None to replay the recorded decisions, or a planner /
     planner spec (``llava``, ``script:PLAN.yaml``) to re-plan.
     """
-    from agent.agent import Agent
-    from agent.planners import make_planner
-    from agent.pool import ModelPool
-    from agent.registry import load_builtin_tools
+    from visagent.agent import Agent, RunStream
+    from visagent.planners import make_planner
+    from visagent.pool import ModelPool
+    from visagent.registry import load_tools
 
     path = Path(trace_path)
     trace, record = read_trace(path)
@@ -373,13 +329,13 @@ def replay(
         except ValidationError as exc:
             raise UsageError(f"{path}: the recorded configuration is invalid: {exc.errors()[0]['msg']}") from None
     sources = reload_media(trace.meta.media, config, base=Path.cwd(), trace_dir=path.parent)
-    classes: dict[str, type[Tool]] = dict(load_builtin_tools())
+    classes: dict[str, type[Tool]] = dict(load_tools())
     for t in tools or []:
         classes[t.name] = t
     replanning = planner is not None
-    recording = Recording(trace.steps, renumber=replanning, inputs={n: c.Input for n, c in classes.items()})
-    names = list(dict.fromkeys([*classes, *(s.tool for s in trace.tool_steps())]))
-    replay_tools = [replay_tool(n, recording, classes.get(n), run_missing=replanning) for n in names]
+    recording = Recording(trace.steps, renumber=replanning, run_missing=replanning, inputs={n: c.Input for n, c in classes.items()})
+    replay_tools: list[Any] = [c() for c in classes.values()]
+    replay_tools += [RecordedTool(n) for n in dict.fromkeys(s.tool for s in trace.tool_steps()) if n not in classes]
     pool = pool or ModelPool(config.pool.budget_bytes)
     if replanning:
         chosen = make_planner(planner, config)
@@ -387,12 +343,21 @@ def replay(
         chosen = fork() if callable(fork) else chosen
     else:
         chosen = RecordedPlanner(trace.steps)
-    agent = Agent(config, planner=_Watch(chosen, recording), tools=replay_tools, pool=pool)
+    agent = Agent(config, planner=chosen, tools=replay_tools, pool=pool)
     question = trace.meta.question or (trace.meta.turns[-1] if trace.meta.turns else "")
     if not question:
         raise UsageError(f"{path}: the trace records no question")
-    history = [{"question": q} for q in trace.meta.turns[:-1]]
-    run = agent.stream(question, sources, max_steps=_max_steps(trace, config), history=history or None)
+    session = agent.session()
+    if trace.meta.session is not None:  # a later turn of a chat: the session it started from
+        session.restore(trace.meta.session)
+    else:
+        session.history = [{"question": q} for q in trace.meta.turns[:-1]]
+    for source in sources:
+        session.add_media(source)
+    run = RunStream(
+        agent, question, (), planner=chosen, max_steps=_max_steps(trace, config), session=session,
+        runner=agent.runner.with_source(recording),
+    )  # fmt: skip
     try:
         answer = run.result()
     except RunError as exc:  # pragma: no cover - the loop turns run errors into answers

@@ -13,22 +13,20 @@ import base64
 import io
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-
-from agent.media import MediaStore
-from agent.render import annotate, iter_regions, region_label, render_regions
-from agent.types import Answer, ToolStep
+from visagent import ids
+from visagent.media import MediaStore
+from visagent.render import annotate, iter_regions, region_label, render_regions
+from visagent.types import Answer, ToolStep
 
 log = logging.getLogger(__name__)
 
 #: longest side of a step thumbnail (pixels) and most thumbnails per step
 THUMB = 360
 MAX_THUMBS = 8
-_MEDIA_ID = re.compile(r"^(img|vid)_\d+$")
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -118,7 +116,7 @@ def _region_what(r: dict[str, Any]) -> str:
 
 def _media_ids_in(value: Any) -> list[str]:
     found: list[str] = []
-    if isinstance(value, str) and _MEDIA_ID.match(value):
+    if isinstance(value, str) and ids.MEDIA_RE.match(value):
         found.append(value)
     elif isinstance(value, dict):
         for v in value.values():

@@ -44,12 +44,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
-
-from agent.errors import UsageError
-from agent.media import SAMPLES
-from agent.render import iter_regions
-from agent.types import Answer, ToolStep
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from visagent.errors import UsageError
+from visagent.media import SAMPLES
+from visagent.render import iter_regions
+from visagent.types import Answer, ToolStep
 
 KINDS = (
     "status", "answer_contains", "answer_equals", "answer_regex", "count", "tools", "evidence", "iou",
@@ -175,7 +182,7 @@ class Scenario(BaseModel):
     def _plans(cls, plan: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
         if plan is None:
             return plan
-        from agent.planners.scripted import plan_from_data
+        from visagent.planners.scripted import plan_from_data
 
         question = info.data.get("question")
         multi = isinstance(question, list)
@@ -407,7 +414,7 @@ class ScenarioRunner:
         pool: Any = None,
         overrides: dict[str, Any] | None = None,
     ) -> None:
-        from agent.pool import ModelPool
+        from visagent.pool import ModelPool
 
         self.profile = profile
         self.config_path = config_path
@@ -421,8 +428,8 @@ class ScenarioRunner:
         return self.agent(scenario).config
 
     def agent(self, scenario: Scenario) -> Any:
-        from agent.agent import Agent
-        from agent.config import load_config
+        from visagent.agent import Agent
+        from visagent.config import load_config
 
         profile = scenario.profile or self.profile
         key = profile or ""
@@ -434,7 +441,7 @@ class ScenarioRunner:
 
     def skip_reason(self, scenario: Scenario) -> str | None:
         """Why ``scenario`` cannot run here (a required family is tiny or missing), or None."""
-        from agent.checkpoints import is_available
+        from visagent.checkpoints import is_available
 
         cfg = self.config(scenario)
         families = list(scenario.requires)
@@ -454,7 +461,7 @@ class ScenarioRunner:
     def run(self, scenario: Scenario) -> dict[str, Any]:
         """Run one scenario -> result dict: ``id, file, name, passed, skipped, status, text, error,
         checks[], ms, tools[], evidence[], profile, answer`` (``answer``: the Answer as JSON)."""
-        from agent.planners import ScriptedPlanner
+        from visagent.planners import ScriptedPlanner
 
         result: dict[str, Any] = {
             "id": scenario.id, "file": str(scenario.file), "name": scenario.name, "passed": False,
@@ -471,17 +478,14 @@ class ScenarioRunner:
             agent = self.agent(scenario)
             result["profile"] = agent.config.profile
             plans = scenario.plans()
-            history: list[dict[str, Any]] = []
             all_steps: list[ToolStep] = []
             answer: Answer | None = None
-            media = scenario.media_sources()
+            # the turns of a scenario are one conversation: media, region ids and call numbers carry over
+            conversation = agent.chat(scenario.media_sources(), max_steps=scenario.max_steps)
             for k, question in enumerate(scenario.turns):
                 planner = ScriptedPlanner(plans[k]) if plans else None
-                answer = agent.ask(question, media, planner=planner, max_steps=scenario.max_steps, history=history or None)
+                answer = conversation.ask(question, planner=planner)
                 all_steps += answer.trace.tool_steps()
-                history.append(
-                    {"question": question, "answer": answer.answer, "steps": [s.model_dump(mode="json") for s in answer.trace.steps]}
-                )
                 if not answer.ok:
                     break
             assert answer is not None

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -46,54 +45,26 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from visagent.config import ServerSettings
+from visagent.errors import UsageError
 
-from agent.errors import UsageError
+__all__ = ["ServerSettings", "create_app", "is_loopback", "load_settings", "serve"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from agent.agent import Agent
-    from agent.types import Answer
+    from visagent.agent import Agent
+    from visagent.aio import AsyncRunStream
+    from visagent.types import Answer
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-class ServerSettings(BaseModel):
-    """Server settings (config section ``server:``; every key optional).
-
-    - ``token``: bearer token required on ``/v1`` routes (None: no auth; env ``VISAGENT_TOKEN``).
-    - ``allowed_roots``: folders whose files JSON requests may name by server-side path.
-    - ``max_request_bytes``: largest request body (413 beyond).
-    - ``max_files``: most files in one multipart request.
-    - ``max_pixels``: most pixels per image (413 beyond); None: the agent's ``limits.max_pixels``.
-    - ``max_steps``: the largest ``max_steps`` a request may ask for; None: ``limits.max_steps``.
-    - ``timeout_s``: wall time per request (504 beyond; the run stops at its next step).
-    - ``max_concurrency``: runs at once; ``max_queue``: requests waiting for a slot (429 beyond).
-    - ``include_trace``: whether answers carry the full trace by default.
-    - ``trace_dir``: folder where each request's trace is written as ``<trace.meta.run_id>.jsonl``,
-      with copies of its inputs, so that any request can be inspected and replayed.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    token: str | None = None
-    allowed_roots: list[str] = Field(default_factory=list)
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
-    max_files: int = Field(8, ge=1)
-    max_pixels: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    timeout_s: float = Field(300.0, gt=0)
-    max_concurrency: int = Field(2, ge=1)
-    max_queue: int = Field(16, ge=0)
-    include_trace: bool = True
-    trace_dir: str | None = None
-
-
 def load_settings(config: Any = None, environ: dict[str, str] | None = None, **flags: Any) -> ServerSettings:
     """Settings from ``config.server`` (a dict), then env ``VISAGENT_TOKEN``, then non-None ``flags``."""
     env = os.environ if environ is None else environ
-    data: dict[str, Any] = dict(getattr(config, "server", None) or {})
+    server = getattr(config, "server", None)
+    data: dict[str, Any] = server.model_dump(exclude_unset=True) if isinstance(server, ServerSettings) else dict(server or {})
     if env.get("VISAGENT_TOKEN"):
         data["token"] = env["VISAGENT_TOKEN"]
     data.update({k: v for k, v in flags.items() if v is not None})
@@ -398,49 +369,33 @@ class _Server:
         return question, sources, self.check_steps(max_steps), include_trace
 
     # -- running ------------------------------------------------------------------------------
-    def run_sync(
-        self, question: str, sources: list[str], max_steps: int | None, stop: threading.Event, on_step: Callable[[Any], None] | None = None
-    ) -> "Answer":
-        trace = str(Path(self.settings.trace_dir).expanduser() / "{run_id}.jsonl") if self.settings.trace_dir else None
-        # validates the media; uploads are deleted after the request, so a trace keeps copies of every input
-        run = self.agent.stream(question, sources, max_steps=max_steps, trace_path=trace, copy_inputs=True)
-        if on_step is not None:
-            on_step(_STARTED)
-        steps = iter(run)
-        try:
-            for step in steps:
-                if on_step is not None:
-                    on_step(step)
-                if stop.is_set():
-                    break
-        finally:
-            steps.close()  # type: ignore[attr-defined]
-        assert run.answer is not None
-        return run.answer
+    async def start(self, question: str, sources: list[str], max_steps: int | None, tmp: Path) -> "AsyncRunStream":
+        """Wait for a slot (429 if the queue is full), validate the media and start the run on the
+        server's worker threads, through the same bridge as ``Agent.astream``.
 
-    async def start(
-        self, question: str, sources: list[str], max_steps: int | None, tmp: Path, stop: threading.Event, on_step: Callable[[Any], None] | None = None
-    ) -> "asyncio.Future[Answer]":
-        """Wait for a slot (429 if the queue is full) and start the run in a worker thread.
-
-        The slot and the request's temporary folder are released when the worker ends, even
-        if the client has gone or the request timed out.
+        The slot and the request's temporary folder are released when the run's worker ends,
+        even if the client has gone or the request timed out.
         """
+        from visagent.aio import astream
+
         gate = self.get_gate()
         await gate.enter()
-        loop = asyncio.get_running_loop()
-        try:
-            fut = loop.run_in_executor(self.executor, self.run_sync, question, sources, max_steps, stop, on_step)
-        except BaseException:
-            gate.leave()
-            raise
+        trace = str(Path(self.settings.trace_dir).expanduser() / "{run_id}.jsonl") if self.settings.trace_dir else None
 
-        def done(_: Any) -> None:
+        def done(_: Any = None) -> None:
             gate.leave()
             shutil.rmtree(tmp, ignore_errors=True)
 
-        fut.add_done_callback(done)
-        return fut
+        # uploads are deleted after the request, so a trace keeps copies of every input
+        run = astream(self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True)
+        try:
+            await run.start()
+        except BaseException:
+            done()
+            raise
+        assert run.worker is not None
+        run.worker.add_done_callback(done)
+        return run
 
 
 def _answer_json(answer: "Answer", include_trace: bool) -> dict[str, Any]:
@@ -464,7 +419,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     the agent config's ``server:`` section)."""
     from contextlib import asynccontextmanager
 
-    from agent.types import Answer
+    from visagent.types import Answer
 
     if settings is None:
         settings = load_settings(agent.config, environ={})
@@ -567,19 +522,17 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     )
     async def ask(request: Request) -> JSONResponse:
         question, sources, max_steps, include_trace, tmp = await _prepared(request)
-        stop = threading.Event()
         try:
-            fut = await srv.start(question, sources, max_steps, tmp, stop)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            run = await srv.start(question, sources, max_steps, tmp)
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+            raise _error_for(exc) from None
         try:
-            answer = await asyncio.wait_for(asyncio.shield(fut), settings.timeout_s)
+            answer = await asyncio.wait_for(run.result(), settings.timeout_s)
         except asyncio.TimeoutError:
-            stop.set()
-            raise Problem(504, f"the run took longer than {settings.timeout_s:g} s (server.timeout_s); it was stopped") from None
+            run.stop()
+            raise Problem(504, _timeout_message(settings.timeout_s)) from None
         except asyncio.CancelledError:
-            stop.set()  # the client went away
+            run.stop()  # the client went away
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
             raise _error_for(exc) from None
@@ -602,54 +555,34 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     async def ask_stream(request: Request) -> StreamingResponse:
         question, sources, max_steps, include_trace, tmp = await _prepared(request)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
-
-        def on_step(step: Any) -> None:
-            item = step if step is _STARTED else step.model_dump_json()
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:
-                stop.set()
-
-        try:
-            fut = await srv.start(question, sources, max_steps, tmp, stop, on_step)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
         deadline = loop.time() + settings.timeout_s
-        # media problems are plain HTTP errors: wait until the run has accepted its media
+        # media problems are plain HTTP errors: the run has accepted its media once it has started
         try:
-            first = await asyncio.wait_for(queue.get(), settings.timeout_s)
+            run = await asyncio.wait_for(srv.start(question, sources, max_steps, tmp), settings.timeout_s)
         except asyncio.TimeoutError:
-            stop.set()
-            raise Problem(504, f"the run took longer than {settings.timeout_s:g} s (server.timeout_s); it was stopped") from None
-        if first is None:
-            exc = fut.exception()
-            raise _error_for(exc) if exc is not None else Problem(500, "the run ended before it started")
+            raise Problem(504, _timeout_message(settings.timeout_s)) from None
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+            raise _error_for(exc) from None
 
         async def events() -> AsyncIterator[bytes]:
+            steps = run.__aiter__()
             try:
                 while True:
-                    remaining = deadline - loop.time()
                     try:
-                        item = await asyncio.wait_for(queue.get(), max(remaining, 0.001))
-                    except asyncio.TimeoutError:
-                        stop.set()
-                        msg = f"the run took longer than {settings.timeout_s:g} s (server.timeout_s); it was stopped"
-                        yield _sse("error", json.dumps({"detail": msg}))
-                        return
-                    if item is None:
+                        step = await asyncio.wait_for(steps.__anext__(), max(deadline - loop.time(), 0.001))
+                    except StopAsyncIteration:
                         break
-                    yield _sse("step", item)
-                exc = fut.exception()
-                if exc is not None:
-                    yield _sse("error", json.dumps({"detail": _error_for(exc).detail}))
-                else:
-                    yield _sse("answer", json.dumps(_answer_json(fut.result(), include_trace)))
+                    except asyncio.TimeoutError:
+                        yield _sse("error", json.dumps({"detail": _timeout_message(settings.timeout_s)}))
+                        return
+                    except Exception as exc:  # noqa: BLE001 - the stream's last event says what went wrong
+                        yield _sse("error", json.dumps({"detail": _error_for(exc).detail}))
+                        return
+                    yield _sse("step", step.model_dump_json())
+                assert run.answer is not None
+                yield _sse("answer", json.dumps(_answer_json(run.answer, include_trace)))
             finally:
-                stop.set()
+                run.stop()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -696,7 +629,8 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     return app
 
 
-_STARTED = object()
+def _timeout_message(timeout_s: float) -> str:
+    return f"the run took longer than {timeout_s:g} s (server.timeout_s); it was stopped"
 
 
 def _sse(event: str, data: str) -> bytes:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydantic import TypeAdapter, ValidationError
-
-from agent.errors import UsageError
-from agent.types import Answer, RunMeta, Step, Trace
+from visagent.errors import UsageError
+from visagent.types import Answer, RunMeta, Step, Trace
 
 _step = TypeAdapter(Step)
 

@@ -67,14 +67,44 @@ class ToolStep(_StepBase):
     cache: dict[str, str] = Field(default_factory=dict)
 
 
+#: machine-readable error codes (``ErrorStep.code``); message texts are for people and planners
+ERROR_CODES = (
+    "planner_output",  # the planner's text is not a valid action
+    "unknown_tool",
+    "bad_args",  # arguments do not fit the tool's Input
+    "repeat",  # the same call again
+    "timeout",
+    "tool_error",  # the tool could not do what was asked (ToolError, MediaError, ValueError)
+    "tool_crash",  # any other exception in the tool
+    "unknown_ids",  # a final cites ids nobody produced
+    "no_evidence",  # a final cites nothing for a question that needed tools (grounding policy)
+    "grounding",  # another grounding check sent the final back
+    "run",  # the run cannot go on
+)
+_CODE_OF_SOURCE = {"planner": "planner_output", "args": "bad_args", "repeat": "repeat", "timeout": "timeout", "run": "run"}
+
+
 class ErrorStep(_StepBase):
-    """An error the planner is told about (``source``: planner, tool, args, final, repeat, timeout)."""
+    """An error the planner is told about (``source``: planner, tool, args, final, repeat, timeout,
+    run; ``code``: one of ``ERROR_CODES``, for programs — never match on ``message``)."""
 
     type: Literal["error"] = "error"
     source: str
     message: str
+    code: str = ""
     tool: str | None = None
     args: dict[str, Any] | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.code:  # traces written before codes existed
+            if self.source == "final":
+                self.code = "no_evidence" if self.message.startswith("the final answer cites no evidence") else (
+                    "unknown_ids" if self.message.startswith("the final answer cites unknown ids") else "grounding"
+                )
+            elif self.source == "tool":
+                self.code = "unknown_tool" if self.message.startswith("unknown tool") else "tool_error"
+            else:
+                self.code = _CODE_OF_SOURCE.get(self.source, self.source)
 
 
 class FinalStep(_StepBase):
@@ -110,12 +140,29 @@ class MediaInfo(BaseModel):
     saved_copy: str | None = None
 
 
+class SessionState(BaseModel):
+    """The session a turn started from (``Session.snapshot()``): the last call number, the earlier
+    turns' history and every region registered so far (``{id, tool, call, observation, type,
+    region}``). Replay rebuilds the session from it."""
+
+    calls: int = 0
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    regions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+#: the trace format's version (``RunMeta.format``); readers refuse newer ones
+TRACE_FORMAT = 2
+
+
 class RunMeta(BaseModel):
     """Run metadata: what is needed to understand and replay a run."""
 
+    format: int = 1  # traces without the field are version 1
     run_id: str = ""
     question: str = ""
     turns: list[str] = Field(default_factory=list)
+    #: the session this turn started from (None: a fresh session, e.g. ``Agent.ask``)
+    session: SessionState | None = None
     media: list[MediaInfo] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
     checkpoints: dict[str, str] = Field(default_factory=dict)

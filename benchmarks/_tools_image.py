@@ -1,7 +1,7 @@
 """``caption`` / ``vqa`` / ``detect`` / ``count`` latency on tiny checkpoints.
 
 One row per (tool, backend, checkpoint), measured in this one run on ``sample:coffee`` (600x400)
-through the tool's ``run`` with a RunContext (no planner):
+through the tool's ``run`` with a CallContext (no planner):
 
 - ``first_ms``: the first call, including the model load (tiny checkpoints are built beforehand);
 - ``median_ms`` / ``min_ms``: later calls with the model resident.
@@ -54,9 +54,9 @@ def _sync(device: str) -> None:
 
 class _Bench:
     def __init__(self, tool: str, family: str, checkpoint: str, backend: str, device: str, cache_dir: str, options: dict[str, Any] | None = None) -> None:
-        from agent.config import load_config
-        from agent.pool import ModelPool
-        from agent.registry import get_tool
+        from visagent.config import load_config
+        from visagent.pool import ModelPool
+        from visagent.registry import get_tool
 
         self.config = load_config(
             profile="tiny",
@@ -71,13 +71,9 @@ class _Bench:
         self.device = device
 
     def call(self, **args: Any) -> float:
-        from agent.context import RunContext
-        from agent.media import MediaStore
+        from visagent.session import Session
 
-        media = MediaStore()
-        media.add(IMAGE)
-        ctx = RunContext(self.config, self.pool, media)
-        ctx.begin_call()
+        ctx = Session(self.config, self.pool, [IMAGE]).open_call()
         inp = self.tool.Input.model_validate({"image": "img_0", **args})
         _sync(self.device)
         t0 = time.perf_counter()
@@ -90,8 +86,8 @@ def _split(checkpoint: str, backend: str, device: str, repeats: int, cache_dir: 
     """Split labels: one batched forward vs one forward per caption (same captions)."""
     b = _Bench("detect", "detect", checkpoint, backend, device, cache_dir, {"max_text_len": SPLIT_TEXT_LEN})
     b.call(labels=SPLIT_LABELS, **LOW)
-    from agent.context import Models
-    from tools.detect import plan_chunks
+    from visagent.context import Models
+    from visagent.tools.detect import plan_chunks
 
     with Models(b.config, b.pool).use("detect") as bundle:
         chunks = plan_chunks(bundle.tokenizer, SPLIT_LABELS, bundle.max_text_len)
@@ -104,7 +100,7 @@ def _split(checkpoint: str, backend: str, device: str, repeats: int, cache_dir: 
 def run(device: str = "cpu", repeats: int = 5) -> list[dict[str, Any]]:
     """Rows of measurements, one per (tool, backend, checkpoint); see the module docstring."""
     cache_dir = os.environ.get("VISAGENT_CACHE_DIR") or tempfile.mkdtemp(prefix="visagent-bench-")
-    from agent.checkpoints import ensure_tiny
+    from visagent.checkpoints import ensure_tiny
 
     rows = []
     for tool, family, checkpoint, backend, args in CASES:

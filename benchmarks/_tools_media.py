@@ -41,7 +41,7 @@ def make_gallery(folder: Path, n: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from agent.media import sample_image
+    from visagent.media import sample_image
 
     folder.mkdir(parents=True, exist_ok=True)
     bases = [np.asarray(sample_image(s).resize((480, 320))) for s in SAMPLES]
@@ -78,7 +78,7 @@ def decode_every_frame(path: str, n: int) -> list[float]:
     """The baseline: decode the whole file, keep the frames shown at the uniform timestamps."""
     import av
 
-    from tools.video import probe, uniform_timestamps
+    from visagent.tools.video import probe, uniform_timestamps
 
     meta = probe(path)
     targets = uniform_timestamps(meta.duration, n, meta.start)
@@ -103,7 +103,7 @@ def decode_every_frame(path: str, n: int) -> list[float]:
 
 
 def bench_frames(folder: Path, repeats: int) -> list[dict[str, Any]]:
-    from tools.video import sample_frames
+    from visagent.tools.video import sample_frames
 
     rows = []
     for gop in (60, 250):
@@ -130,7 +130,7 @@ def _full_clip(folder: Path) -> str:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from tools._tiny_text import byte_level_tokenizer
+    from visagent.tools._tiny_text import byte_level_tokenizer
 
     torch.manual_seed(0)
     target = folder / "clip-vit-b32-random"
@@ -140,17 +140,16 @@ def _full_clip(folder: Path) -> str:
 
 
 def bench_gallery(checkpoint: str, device: str, gallery: Path, index_root: Path, cache_dir: str) -> dict[str, Any]:
-    from agent.config import load_config
-    from agent.context import RunContext
-    from agent.media import MediaStore
-    from agent.pool import ModelPool
-    from tools.search import GalleryIndex
+    from visagent.config import load_config
+    from visagent.session import Session
+    from visagent.pool import ModelPool
+    from visagent.tools.search import GalleryIndex
 
     config = load_config(
         profile="tiny", overrides={"device": device, "models": {"search": {"checkpoint": checkpoint}}},
         environ={"VISAGENT_CACHE_DIR": cache_dir},
     )  # fmt: skip
-    ctx = RunContext(config, ModelPool(), MediaStore())
+    ctx = Session(config, ModelPool()).open_call()
     n = len(list(gallery.iterdir()))
     with ctx.model("search") as bundle:
         sync = _sync(device)

@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
-from agent.context import RunContext
-from agent.media import MediaStore
-from agent.pool import ModelPool
-from tools.segment import Segment, SegmentInput
+from visagent.config import load_config
+from visagent.session import Session
+from visagent.pool import ModelPool
+from visagent.tools.segment import Segment, SegmentInput
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,14 @@ class _Bench:
         self.pool = ModelPool()
         self.tool = Segment()
 
-    def ctx(self) -> RunContext:
-        media = MediaStore()
-        media.add(IMAGE)
-        return RunContext(self.config, self.pool, media)
+    def ctx(self) -> Session:
+        return Session(self.config, self.pool, [IMAGE])
 
-    def call(self, ctx: RunContext, **args: Any) -> float:
-        ctx.begin_call()
+    def call(self, session: Session, **args: Any) -> float:
+        ctx = session.open_call()
         t0 = time.perf_counter()
         self.tool.run(SegmentInput(image="img_0", **args), ctx)  # masks are copied to the CPU: synchronous
+        session.last_cache = ctx.cache  # type: ignore[attr-defined]
         return (time.perf_counter() - t0) * 1000
 
 
@@ -101,9 +99,9 @@ def bench_backend(backend: str, checkpoint: str, device: str, repeats: int, cach
     for _ in range(repeats):
         ctx = b.ctx()
         uncached.append(b.call(ctx, boxes=[BOX]))
-        assert ctx.cache["sam_image_embedding"] == "miss"
+        assert ctx.last_cache["sam_image_embedding"] == "miss"
         cached.append(b.call(ctx, boxes=[BOX]))
-        assert ctx.cache["sam_image_embedding"] == "hit"
+        assert ctx.last_cache["sam_image_embedding"] == "hit"
     boxes = _boxes(N_BOXES)
     batched, single = [], []
     for _ in range(repeats):

@@ -18,10 +18,10 @@ import json
 import statistics
 import time
 
-from agent.agent import Agent
-from agent.config import load_config
-from agent.planners import FunctionPlanner
-from agent.types import Action, Final, PlannerReply, ToolStep
+from visagent.agent import Agent
+from visagent.config import load_config
+from visagent.planners import FunctionPlanner
+from visagent.types import Action, Final, PlannerReply, ToolStep
 from tests.fakes import Noop
 
 

@@ -28,10 +28,10 @@ from typing import Any
 def _tiny_setup() -> tuple[Any, Any, Any]:
     from pydantic import Field
 
-    from agent.config import load_config
-    from agent.planners.base import PlannerState
-    from agent.pool import ModelPool
-    from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+    from visagent.config import load_config
+    from visagent.planners.base import PlannerState
+    from visagent.pool import ModelPool
+    from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
     class FindIn(ToolInput):
         image: str = Field(description="image id")
@@ -69,7 +69,7 @@ def _tiny_setup() -> tuple[Any, Any, Any]:
     os.environ.setdefault("VISAGENT_CACHE_DIR", tempfile.mkdtemp(prefix="visagent-bench-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(profile="tiny")
-    from agent.media import MediaStore
+    from visagent.media import MediaStore
 
     store = MediaStore()
     store.add("sample:coffee")
@@ -84,7 +84,7 @@ def _tiny_setup() -> tuple[Any, Any, Any]:
 
 
 def tiny_breakdown(steps: int) -> dict[str, Any]:
-    from agent.planners.llava import LlavaPlanner
+    from visagent.planners.llava import LlavaPlanner
 
     config, pool, state = _tiny_setup()
     rows: dict[str, Any] = {}
@@ -116,8 +116,8 @@ def _raw_generate(planner: Any, state: Any, steps: int) -> list[dict[str, float]
     """Prompt + generate timings without parsing (for text that is not an action)."""
     import torch
 
-    from agent.planners.llava import _to_hf
-    from agent.planners.prompting import build_messages
+    from visagent.planners.llava import _to_hf
+    from visagent.planners.prompting import build_messages
 
     out = []
     with planner.models.use("planner") as bundle:

@@ -65,8 +65,8 @@ def paired(base: str, plan_path: Path, image: Path, data: bytes, n: int) -> tupl
     HTTP request to the server) latencies in ms, after warm-up."""
     import httpx
 
-    from agent.agent import Agent
-    from agent.config import load_config
+    from visagent.agent import Agent
+    from visagent.config import load_config
 
     agent = Agent(load_config(profile="tiny"), planner=f"script:{plan_path}")
     direct_ms: list[float] = []
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "agent.cli", "serve", "--profile", "tiny", "--planner", f"script:{plan}", "--port", str(port),
+    cmd = [sys.executable, "-m", "visagent.cli", "serve", "--profile", "tiny", "--planner", f"script:{plan}", "--port", str(port),
            "--max-concurrency", str(args.server_concurrency), "--max-queue", str(max(args.levels) + 8)]  # fmt: skip
     server_log = open(tmp / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT)

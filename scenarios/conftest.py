@@ -21,7 +21,7 @@ _RUNNER: Any = None
 def _runner() -> Any:
     global _RUNNER
     if _RUNNER is None:
-        from agent.scenarios import ScenarioRunner
+        from visagent.scenarios import ScenarioRunner
 
         _RUNNER = ScenarioRunner(profile=os.environ.get("VISAGENT_SCENARIO_PROFILE", "tiny"))
     return _RUNNER
@@ -39,7 +39,7 @@ class ScenarioFailed(Exception):
 
 class ScenarioFile(pytest.File):
     def collect(self) -> Any:
-        from agent.scenarios import load_file
+        from visagent.scenarios import load_file
 
         for scenario in load_file(self.path):
             yield ScenarioItem.from_parent(self, name=scenario.name, scenario=scenario)
@@ -53,7 +53,7 @@ class ScenarioItem(pytest.Item):
             self.add_marker(pytest.mark.real)
 
     def runtest(self) -> None:
-        from agent.scenarios import failure_text
+        from visagent.scenarios import failure_text
 
         runner = _runner()
         reason = runner.skip_reason(self.scenario)

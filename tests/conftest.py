@@ -35,14 +35,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_config() -> Any:
-    from agent.config import load_config
+    from visagent.config import load_config
 
     return load_config(profile="tiny", environ={"VISAGENT_CACHE_DIR": os.environ["VISAGENT_CACHE_DIR"]})
 
 
 @pytest.fixture(scope="session")
 def shared_pool() -> Any:
-    from agent.pool import ModelPool
+    from visagent.pool import ModelPool
 
     return ModelPool()
 
@@ -50,8 +50,8 @@ def shared_pool() -> Any:
 @pytest.fixture
 def make_agent(tiny_config: Any, shared_pool: Any) -> Callable[..., Any]:
     """``make_agent(plan, tools=None)``: an Agent on the tiny profile with a scripted plan."""
-    from agent.agent import Agent
-    from agent.planners import ScriptedPlanner
+    from visagent.agent import Agent
+    from visagent.planners import ScriptedPlanner
 
     def make(plan: Sequence[Any] | Any, tools: Sequence[Any] | None = None, **kwargs: Any) -> Any:
         planner = plan if hasattr(plan, "next") else ScriptedPlanner(list(plan))

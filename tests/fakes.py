@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
 
 class FindIn(ToolInput):
@@ -28,6 +28,7 @@ class FakeFind(Tool):
     description = "Find objects by label in an image (fake, for tests)."
     Input = FindIn
     Output = FindOut
+    region_prefixes = ("det",)
 
     def run(self, inp: FindIn, ctx) -> FindOut:  # noqa: ANN001
         w, h = ctx.image(inp.image).size

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from agent.types import ErrorStep, ToolStep
+from visagent.types import ErrorStep, ToolStep
 
 ROOT = Path(__file__).parents[1]
 VIDEO_W, VIDEO_H = 64, 48
@@ -31,7 +31,7 @@ def ask_cli(
     """``visagent ask MEDIA... QUESTION --profile tiny --planner script:PLAN [--config CFG] EXTRA`` in a subprocess."""
     plan_file = tmp_path / f"plan-{len(list(tmp_path.glob('plan-*.yaml')))}.yaml"
     plan_file.write_text(yaml.safe_dump(plan))
-    cmd = [sys.executable, "-m", "agent.cli", "ask", *media, question, "--profile", "tiny", "--planner", f"script:{plan_file}"]
+    cmd = [sys.executable, "-m", "visagent.cli", "ask", *media, question, "--profile", "tiny", "--planner", f"script:{plan_file}"]
     if config is not None:
         cfg = plan_file.with_suffix(".config.yaml")
         cfg.write_text(yaml.safe_dump(config))

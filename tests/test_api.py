@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent import Agent, Answer
-from agent.errors import MediaError, UsageError
-from agent.planners import FunctionPlanner
-from agent.types import FinalStep, ToolStep
+from visagent import Agent, Answer
+from visagent.errors import MediaError, UsageError
+from visagent.planners import FunctionPlanner
+from visagent.types import FinalStep, ToolStep
 from tests.fakes import FAKE_TOOLS
 
 DETECT_PLAN = [
@@ -22,7 +22,7 @@ DETECT_PLAN = [
 
 
 def test_public_api_names() -> None:
-    import agent
+    import visagent as agent
 
     for name in ("Agent", "Answer", "Config", "load_config", "ModelPool", "Trace", "Evidence"):
         assert getattr(agent, name) is not None
@@ -160,7 +160,7 @@ def test_concurrent_asks_share_one_pool(make_agent: Any) -> None:
 
 def test_real_segment_tool_concurrent_asks_load_sam_once(make_agent: Any, shared_pool: Any) -> None:
     """fake boxes -> the real segment tool on the tiny SAM; 6 concurrent runs, one model copy."""
-    from tools.segment import Segment
+    from visagent.tools.segment import Segment
 
     plan = [
         {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 1}},

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=os.environ.copy()
+        [sys.executable, "-m", "visagent.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=os.environ.copy()
     )
 
 
@@ -30,7 +30,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, fragment
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from agent.cli import main; main(['--help']); main(['ask', '--help']); sys.stderr.write(str('torch' in sys.modules))"
+    code = "import sys; from visagent.cli import main; main(['--help']); main(['ask', '--help']); sys.stderr.write(str('torch' in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0 and proc.stderr.strip().endswith("False")
     assert "ask" in proc.stdout and "--max-steps" in proc.stdout
@@ -92,7 +92,8 @@ def test_tools_json_lists_schemas():
     assert proc.returncode == 0
     tools = json.loads(proc.stdout)
     for t in tools:
-        assert set(t) == {"name", "description", "input_schema"} and t["input_schema"]["type"] == "object"
+        assert set(t) == {"name", "description", "input_schema", "origin"} and t["input_schema"]["type"] == "object"
+        assert t["origin"] == "builtin"
 
 
 def test_models_and_doctor():
@@ -108,10 +109,10 @@ def test_models_and_doctor():
 
 CRASH_SCRIPT = """
 import sys, time
-from agent.agent import Agent
-from agent.config import load_config
-from agent.planners import FunctionPlanner
-from agent.types import Action
+from visagent.agent import Agent
+from visagent.config import load_config
+from visagent.planners import FunctionPlanner
+from visagent.types import Action
 from tests.fakes import FAKE_TOOLS
 n = iter(range(1000))
 agent = Agent(load_config(profile="tiny"), planner=FunctionPlanner(lambda s: Action(tool="echo", args={"text": str(next(n)), "sleep": 0.05})), tools=FAKE_TOOLS)
@@ -120,7 +121,7 @@ agent.ask("q", ["sample:coins"], trace_path=sys.argv[1], max_steps=1000)
 
 
 def test_killed_run_leaves_every_finished_step_on_disk(tmp_path):
-    from agent.trace import read_trace
+    from visagent.trace import read_trace
 
     trace = tmp_path / "t.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(trace)], cwd=ROOT, env=os.environ.copy())
@@ -145,7 +146,7 @@ def test_ask_on_a_terminal_shows_what_the_run_is_doing(tmp_path):
 
     plan = tmp_path / "plan.yaml"
     plan.write_text("- tool: count\n  args: {image: img_0, label: cup}\n- final: There are cups.\n  evidence: [obs_1]\n")
-    cmd = [sys.executable, "-m", "agent.cli", "ask", "sample:coffee", "How many cups?", "--profile", "tiny", "--planner", f"script:{plan}"]
+    cmd = [sys.executable, "-m", "visagent.cli", "ask", "sample:coffee", "How many cups?", "--profile", "tiny", "--planner", f"script:{plan}"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI with the pseudo-terminal as stdout and stderr
         os.chdir(ROOT)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import load_config
-from agent.errors import UsageError
+from visagent.config import load_config
+from visagent.errors import UsageError
 
 
 def test_profiles():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.pool import ModelKey, ModelPool, resolve_device, resolve_dtype, torch_dtype
+from visagent.pool import ModelKey, ModelPool, resolve_device, resolve_dtype, torch_dtype
 
 pytestmark = pytest.mark.gpu
 

@@ -12,8 +12,8 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from agent.langchain import ToolSession, VisualQuestionInput, make_agent_tool, make_tools
-from agent.types import Answer
+from visagent.langchain import ToolSession, VisualQuestionInput, make_agent_tool, make_tools
+from visagent.types import Answer
 from tests.fakes import FAKE_TOOLS, FindOut
 
 
@@ -51,7 +51,7 @@ def test_make_tools_schemas(make_agent: Any) -> None:
 
 
 def test_tools_in_create_agent_keep_media_and_regions(make_agent: Any) -> None:
-    from tools.segment import Segment, SegmentOutput
+    from visagent.tools.segment import Segment, SegmentOutput
 
     agent = make_agent([{"final": "x"}], tools=[*FAKE_TOOLS, Segment])
     tools = make_tools(agent, names=["fake_find", "segment"])
@@ -85,7 +85,7 @@ def test_tools_in_create_agent_keep_media_and_regions(make_agent: Any) -> None:
     session = tools[0].metadata["visagent_session"]
     assert isinstance(session, ToolSession)
     assert session.media.ids() == ["img_0"]
-    assert set(session.ctx.regions) == {"det_1_0", "det_1_1", "mask_2_0", "det_3_0"}
+    assert set(session.regions) == {"det_1_0", "det_1_1", "mask_2_0", "det_3_0"}
 
 
 def test_tool_errors_come_back_as_messages(make_agent: Any, tmp_path: Any) -> None:
@@ -112,7 +112,7 @@ def test_tool_errors_come_back_as_messages(make_agent: Any, tmp_path: Any) -> No
     assert "echo failed: RuntimeError: boom" in msgs[3].content
     assert msgs[4].content == "fine"
     # failed calls take no call number: the one success is call 1
-    assert tools[0].metadata["visagent_session"].ctx.call == 1
+    assert tools[0].metadata["visagent_session"].calls == 1
 
 
 def test_agent_tool_in_create_agent(make_agent: Any) -> None:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from agent.agent import Agent
-from agent.errors import PlannerOutputError, UsageError
-from agent.planners import FunctionPlanner, ScriptedPlanner, parse_action
-from agent.trace import read_trace
-from agent.types import Action, Answer, ErrorStep, Final, FinalStep, PlannerStep, ToolStep
+from visagent.agent import Agent
+from visagent.errors import PlannerOutputError, UsageError
+from visagent.planners import FunctionPlanner, ScriptedPlanner, parse_action
+from visagent.trace import read_trace
+from visagent.types import Action, Answer, ErrorStep, Final, FinalStep, PlannerStep, ToolStep
 from tests.fakes import FAKE_TOOLS
 
 
@@ -147,9 +147,9 @@ def test_tool_timeout(tiny_config):
 def test_out_of_memory_in_a_tool_frees_idle_models_and_retries_once(tiny_config):
     import torch
 
-    from agent.pool import ModelKey, ModelPool
+    from visagent.pool import ModelKey, ModelPool
     from tests.fakes import EchoIn, EchoOut
-    from tools.base import Tool
+    from visagent.tools.base import Tool
 
     class Hungry(Tool):
         name = "hungry"
@@ -233,14 +233,13 @@ def test_each_run_gets_a_fresh_script(agent_for):
     assert agent.ask("q", ["sample:coins"]).ok and agent.ask("q", ["sample:coins"]).ok
 
 
-def test_model_planners_bring_their_grounding_checks(agent_for):
-    from agent.planners.grounding import default_checks
-    from agent.planners.llava import LlavaPlanner
-
-    assert LlavaPlanner.final_checks and len(LlavaPlanner.final_checks) == len(default_checks())
+def test_grounding_applies_to_every_planner(agent_for):
+    """The agent's policy checks finals whatever the planner: a function planner's uncited final is
+    sent back (code no_evidence), a scripted one's is resubmitted and accepted with a warning."""
     replies = iter([Action(tool="echo", args={"text": "3"}), Final(answer="three"), Final(answer="three", evidence=["obs_1"])])
-    planner = FunctionPlanner(lambda s: next(replies))
-    planner.final_checks = default_checks()
-    ans = agent_for(planner).ask("How many cups?", ["sample:coffee"])
+    ans = agent_for(FunctionPlanner(lambda s: next(replies))).ask("How many cups?", ["sample:coffee"])
     err = next(s for s in ans.trace.steps if isinstance(s, ErrorStep))
-    assert err.source == "final" and ans.ok and ans.evidence[0].id == "obs_1"
+    assert err.source == "final" and err.code == "no_evidence" and ans.ok and ans.evidence[0].id == "obs_1"
+    scripted = agent_for([{"tool": "echo", "args": {"text": "3"}}, {"final": "three"}]).ask("How many cups?", ["sample:coffee"])
+    codes = [s.code for s in scripted.trace.steps if isinstance(s, ErrorStep)]
+    assert scripted.ok and codes == ["no_evidence"] and scripted.warnings == ["the answer cites no evidence"]

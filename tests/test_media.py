@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.errors import MediaError
-from agent.media import SAMPLES, MediaStore
+from visagent.errors import MediaError
+from visagent.media import SAMPLES, MediaStore
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

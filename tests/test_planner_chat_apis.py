@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from agent.agent import Agent
-from agent.errors import UsageError
-from agent.planners import make_planner
-from agent.planners.grounding import default_checks
-from agent.types import ErrorStep, PlannerStep, ToolStep
+from visagent.agent import Agent
+from visagent.errors import UsageError
+from visagent.planners import make_planner
+from visagent.types import ErrorStep, PlannerStep, ToolStep
 from tests.fakes import FAKE_TOOLS
 
 
@@ -112,7 +111,7 @@ def test_openai_native_tool_calls(openai_config: Any, shared_pool: Any) -> None:
     replies = [{"tool_call": FIND, "content": "looking for cups"}, {"tool_call": ("final_answer", {"answer": "2 cups", "evidence": ["det_1_0", "det_1_1"]})}]
     with FakeChatServer(replies) as server:
         cfg = openai_config(server.url)
-        agent = Agent(cfg, planner="openai", tools=FAKE_TOOLS, pool=shared_pool, final_checks=default_checks())
+        agent = Agent(cfg, planner="openai", tools=FAKE_TOOLS, pool=shared_pool)
         answer = agent.ask("How many cups are there?", ["sample:coffee"])
     assert answer.ok and answer.answer == "2 cups"
     assert [e.id for e in answer.evidence] == ["det_1_0", "det_1_1"]

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from agent.planners import FunctionPlanner, ScriptedPlanner
-from agent.planners.grounding import answer_number, count_check, default_checks, evidence_check
-from agent.types import ErrorStep, Final, NoteStep, PlannerStep, ToolStep
+from visagent.planners import FunctionPlanner, ScriptedPlanner
+from visagent.grounding import GroundingPolicy, answer_number
+from visagent.types import ErrorStep, Final, NoteStep, PlannerStep, ToolStep
 from tests.fakes import FAKE_TOOLS
-from tools.base import Region, Tool, ToolInput, ToolOutput
+from visagent.tools.base import Region, Tool, ToolInput, ToolOutput
 
 
 class CountIn(ToolInput):
@@ -52,7 +52,7 @@ def test_answer_number(text: str, number: float | None) -> None:
 
 
 def test_count_mismatch_is_marked_in_answer_and_trace(make_agent: Any) -> None:
-    agent = make_agent([COUNT, {"final": "There are 5 cups.", "evidence": ["det_1_0"]}], tools=TOOLS, final_checks=default_checks())
+    agent = make_agent([COUNT, {"final": "There are 5 cups.", "evidence": ["det_1_0"]}], tools=TOOLS)
     answer = agent.ask("How many cups are there?", ["sample:coffee"])
     assert answer.ok and answer.answer == "There are 5 cups."  # never changed
     assert answer.warnings == ["count cross-check: the answer says 5 but the count tool (obs_1) counted 3 'cup'"]
@@ -62,39 +62,39 @@ def test_count_mismatch_is_marked_in_answer_and_trace(make_agent: Any) -> None:
 
 
 def test_count_match_has_no_warning(make_agent: Any) -> None:
-    agent = make_agent([COUNT, {"final": "I see three cups.", "evidence": ["det_1_0", "det_1_1", "det_1_2"]}], tools=TOOLS, final_checks=[count_check()])
+    agent = make_agent([COUNT, {"final": "I see three cups.", "evidence": ["det_1_0", "det_1_1", "det_1_2"]}], tools=TOOLS, grounding=GroundingPolicy(require_evidence=False))
     answer = agent.ask("How many cups are there?", ["sample:coffee"])
     assert answer.ok and answer.warnings == []
     assert not any(isinstance(s, NoteStep) for s in answer.trace.steps)
 
 
 def test_count_without_number_is_marked(make_agent: Any) -> None:
-    agent = make_agent([COUNT, {"final": "Some cups.", "evidence": ["obs_1"]}], tools=TOOLS, final_checks=[count_check()])
+    agent = make_agent([COUNT, {"final": "Some cups.", "evidence": ["obs_1"]}], tools=TOOLS, grounding=GroundingPolicy(require_evidence=False))
     answer = agent.ask("How many cups are there?", ["sample:coffee"])
     assert answer.warnings and "states no number" in answer.warnings[0] and "counted 3" in answer.warnings[0]
 
 
 def test_ungrounded_final_is_sent_back_then_accepted_with_warning(make_agent: Any) -> None:
     plan = [COUNT, {"final": "3 cups", "evidence": []}, {"final": "3 cups", "evidence": ["det_1_0"]}]
-    answer = make_agent(plan, tools=TOOLS, final_checks=default_checks()).ask("How many cups?", ["sample:coffee"])
+    answer = make_agent(plan, tools=TOOLS).ask("How many cups?", ["sample:coffee"])
     errors = [s for s in answer.trace.steps if isinstance(s, ErrorStep)]
     assert [e.source for e in errors] == ["final"] and "cites no evidence" in errors[0].message
     assert answer.ok and [e.id for e in answer.evidence] == ["det_1_0"]
     # bounded: a planner that keeps citing nothing gets its answer through, marked
     stubborn = [COUNT, {"final": "3 cups", "evidence": []}, {"final": "3 cups", "evidence": []}]
-    answer = make_agent(stubborn, tools=TOOLS, final_checks=[evidence_check(max_sendbacks=1)]).ask("How many cups?", ["sample:coffee"])
+    answer = make_agent(stubborn, tools=TOOLS, grounding=GroundingPolicy(count_check=False, max_sendbacks=1)).ask("How many cups?", ["sample:coffee"])
     assert answer.ok and answer.warnings == ["the answer cites no evidence"]
     # at the last allowed step there is no turn left to fix it: accepted at once, marked
-    last = make_agent([COUNT, {"final": "3 cups", "evidence": []}], tools=TOOLS, final_checks=default_checks())
+    last = make_agent([COUNT, {"final": "3 cups", "evidence": []}], tools=TOOLS)
     answer = last.ask("How many cups?", ["sample:coffee"], max_steps=2)
     assert answer.ok and answer.warnings == ["the answer cites no evidence"]
     assert not [s for s in answer.trace.steps if isinstance(s, ErrorStep)]
 
 
 def test_question_without_tools_needs_no_evidence(make_agent: Any) -> None:
-    answer = make_agent([{"final": "hello", "evidence": []}], tools=TOOLS, final_checks=default_checks()).ask("Hi, are you ready?", ["sample:coffee"])
+    answer = make_agent([{"final": "hello", "evidence": []}], tools=TOOLS).ask("Hi, are you ready?", ["sample:coffee"])
     assert answer.ok and not answer.warnings
-    answer = make_agent([{"final": "a cup", "evidence": []}, {"final": "a cup", "evidence": []}], tools=TOOLS, final_checks=default_checks()).ask(
+    answer = make_agent([{"final": "a cup", "evidence": []}, {"final": "a cup", "evidence": []}], tools=TOOLS).ask(
         "Where is the cup?", ["sample:coffee"]
     )
     assert [s.source for s in answer.trace.steps if isinstance(s, ErrorStep)] == ["final"]
@@ -102,14 +102,14 @@ def test_question_without_tools_needs_no_evidence(make_agent: Any) -> None:
 
 def test_unknown_ids_are_sent_back(make_agent: Any) -> None:
     plan = [COUNT, {"final": "3", "evidence": ["det_9_9"]}, {"final": "3", "evidence": ["det_1_2"]}]
-    answer = make_agent(plan, tools=TOOLS, final_checks=default_checks()).ask("How many cups?", ["sample:coffee"])
+    answer = make_agent(plan, tools=TOOLS).ask("How many cups?", ["sample:coffee"])
     assert "unknown ids: det_9_9" in [s for s in answer.trace.steps if isinstance(s, ErrorStep)][0].message
     assert answer.ok
 
 
 # -- multi-turn ---------------------------------------------------------------------------------
 def test_conversation_refers_to_earlier_ids(make_agent: Any) -> None:
-    agent = make_agent([{"final": "unused"}], tools=TOOLS, final_checks=default_checks())
+    agent = make_agent([{"final": "unused"}], tools=TOOLS)
     conv = agent.chat(["sample:coffee"])
     first = conv.ask("Find the cups", planner=ScriptedPlanner([{"tool": "fake_find", "args": {"image": "img_0", "label": "cup"}}, {"final": "two cups", "evidence": ["det_1_0", "det_1_1"]}]))
     assert first.ok
@@ -170,7 +170,7 @@ def test_chat_command_repl(tmp_path: Any) -> None:
 
     from typer.testing import CliRunner
 
-    from agent.cli import app
+    from visagent.cli import app
 
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps([{"final": "hello there", "evidence": []}]))

@@ -8,15 +8,15 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from agent.agent import Agent
-from agent.errors import PlannerOutputError
-from agent.planners import make_planner, parse_action
-from agent.planners.constrain import action_schema, validate_action
-from agent.planners.grounding import NEEDS_TOOLS_RE, NO_EVIDENCE, final_rules
-from agent.planners.llava import LlavaPlanner, known_ids
-from agent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
+from visagent.agent import Agent
+from visagent.errors import PlannerOutputError
+from visagent.planners import make_planner, parse_action
+from visagent.planners.constrain import action_schema, validate_action
+from visagent.grounding import NEEDS_TOOLS_RE, NO_EVIDENCE, final_rules
+from visagent.planners.llava import LlavaPlanner
+from visagent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
 from tests.fakes import FAKE_TOOLS
-from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
 
 class Crop(BaseModel):
@@ -91,9 +91,9 @@ def _check_run(answer: Any, tools: dict[str, type[Tool]], max_steps: int) -> int
 
 
 def _region_ids(output: Any) -> list[str]:
-    from agent.planners.llava import _regions_of
+    from visagent.render import iter_regions
 
-    return _regions_of(output)
+    return [r["id"] for r in iter_regions(output)]
 
 
 def test_constrained_tiny_llava_always_valid(tiny_config: Any, shared_pool: Any) -> None:
@@ -152,9 +152,9 @@ def test_other_llava_architectures(checkpoint: str, tiny_config: Any, shared_poo
 
 
 def test_planner_checkpoint_of_another_architecture_is_refused(tiny_config: Any) -> None:
-    from agent.checkpoints import ensure_tiny
-    from agent.errors import UsageError
-    from tools.planner_models import load_planner
+    from visagent.checkpoints import ensure_tiny
+    from visagent.errors import UsageError
+    from visagent.tools.planner_models import load_planner
 
     blip = ensure_tiny("blip", "transformers", tiny_config.cache_path)
     with pytest.raises(UsageError, match=r"model_type 'blip'; supported: llava, .*any_architecture: true"):
@@ -191,7 +191,7 @@ def test_action_schema_bounds_and_ids() -> None:
 
 
 def test_final_rules_follow_the_evidence_check() -> None:
-    from agent.planners.base import PlannerState
+    from visagent.planners.base import PlannerState
 
     def state(question: str, steps: list[Any], step: int = 0) -> PlannerState:
         return PlannerState(question=question, media=[], steps=steps, tools={}, max_steps=3, step=step)
@@ -206,30 +206,37 @@ def test_final_rules_follow_the_evidence_check() -> None:
     assert final_rules(state("How many cups?", [plan], step=2), []) == (True, False)  # nothing to cite: answer
 
 
-def test_known_ids_from_steps_and_history(make_agent: Any) -> None:
-    from agent.planners.base import PlannerState
+def test_citable_ids_from_the_session_and_this_turn(make_agent: Any) -> None:
+    """The loop fills PlannerState.citable: earlier turns' regions, this turn's regions and obs_N."""
+    from visagent.planners import FunctionPlanner
 
-    answer = make_agent(
-        [{"tool": "fake_find", "args": {"image": "img_0", "label": "cup"}}, {"final": "2", "evidence": ["det_1_0"]}],
-        tools=FAKE_TOOLS,
-    ).ask("How many cups?", ["sample:coffee"])
-    state = PlannerState(
-        question="q",
-        media=answer.trace.meta.media,
-        steps=answer.trace.steps,
-        tools={},
-        history=[{"question": "earlier", "answer": "a", "evidence": ["det_0_0", "obs_1"], "regions": ["det_0_1"]}],
+    seen: list[list[str]] = []
+    replies = iter(
+        [
+            {"tool": "fake_find", "args": {"image": "img_0", "label": "cup"}},
+            {"final": "2", "evidence": ["det_1_0"]},
+            {"tool": "fake_find", "args": {"image": "img_0", "label": "mug", "n": 1}},
+            {"final": "1", "evidence": ["det_2_0", "det_1_1"]},
+        ]
     )
-    ids = known_ids(state)
-    assert ids[:2] == ["det_0_0", "det_0_1"] and "obs_1" in ids and "det_1_0" in ids and "det_1_1" in ids
+
+    def plan(state: Any) -> Any:
+        seen.append(list(state.citable))
+        return next(replies)
+
+    conv = make_agent(FunctionPlanner(plan), tools=FAKE_TOOLS).chat(["sample:coffee"])
+    assert conv.ask("How many cups?").ok and conv.ask("And mugs?").ok
+    assert seen[0] == [] and seen[1] == ["det_1_0", "det_1_1", "obs_1"]
+    assert seen[2] == ["det_1_0", "det_1_1"]  # obs_N belong to their turn; regions stay
+    assert seen[3] == ["det_1_0", "det_1_1", "det_2_0", "obs_2"]
 
 
 @pytest.mark.parametrize("seed", [None, 1, 2, 3])
 def test_cli_ask_tiny_end_to_end(seed: int | None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`visagent ask sample:coffee "How many cups are there?" --profile tiny` with the built-in
     tools: greedy (seed None) and sampled runs; every planner step is a schema-valid action."""
-    from agent.cli import main
-    from agent.registry import load_builtin_tools
+    from visagent.cli import main
+    from visagent.registry import load_builtin_tools
 
     if seed is not None:
         monkeypatch.setenv("VISAGENT__planner__temperature", "1.0")

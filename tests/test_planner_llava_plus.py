@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from agent.errors import PlannerOutputError
-from agent.planners import FunctionPlanner, parse_action
-from agent.planners.llava_plus import image_sizes, parse_llava_plus, split_sections
-from agent.types import Action, ErrorStep, Final
+from visagent.errors import PlannerOutputError
+from visagent.grounding import GroundingPolicy
+from visagent.planners import FunctionPlanner, parse_action
+from visagent.planners.llava_plus import image_sizes, parse_llava_plus, split_sections
+from visagent.types import Action, ErrorStep, Final
 
 GDINO = (
     '"thoughts🤔" Thanks for the image. To find where the dog is, I need to detect it.\n'
@@ -106,7 +107,7 @@ def test_unknown_api_becomes_error_observation(make_agent: Any) -> None:
 
     texts = iter(['"thoughts🤔" x "actions🚀" [{"API_name": "magic_tool", "API_params": {"x": 1}}] "value👉" wait', FINAL.replace("det_1_0 and det_1_1", "nothing")])
     planner = FunctionPlanner(lambda state: parse_llava_plus(next(texts)))
-    answer = make_agent(planner, tools=FAKE_TOOLS).ask("How many dogs?", ["sample:coffee"])
+    answer = make_agent(planner, tools=FAKE_TOOLS, grounding=GroundingPolicy(require_evidence=False)).ask("How many dogs?", ["sample:coffee"])
     err = [s for s in answer.trace.steps if isinstance(s, ErrorStep)][0]
     assert err.source == "tool" and "unknown tool 'magic_tool'" in err.message
     assert answer.ok

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import Field
 
-from agent.errors import RunError, UsageError
-from agent.planners.base import PlannerState
-from agent.planners.prompting import (
+from visagent.errors import RunError, UsageError
+from visagent.planners.base import PlannerState
+from visagent.planners.prompting import (
     PromptOptions,
     build_messages,
     estimate_tokens,
@@ -19,9 +19,9 @@ from agent.planners.prompting import (
     text_only,
     tool_specs,
 )
-from agent.types import Action, ErrorStep, MediaInfo, PlannerStep, ToolStep
+from visagent.types import Action, ErrorStep, MediaInfo, PlannerStep, ToolStep
 from tests.fakes import FakeFind, Noop
-from tools.base import Tool, ToolInput, ToolOutput
+from visagent.tools.base import Tool, ToolInput, ToolOutput
 
 SNAPSHOT = """[system]
 You are visagent, a visual assistant. You see the image(s) below and answer questions about them. To look closer, call tools, one per turn, and read their observations. Answer only from what the tools observed, and cite the ids of that evidence.
@@ -163,9 +163,9 @@ def test_shown_images_keep_originals_and_newest() -> None:
 
 def test_llava_planner_truncates_to_its_context(tiny_config: Any) -> None:
     """A planner model with a short context gets shortened observations, and still acts."""
-    from agent.agent import Agent
-    from agent.planners.llava import LlavaPlanner
-    from agent.pool import ModelPool
+    from visagent.agent import Agent
+    from visagent.planners.llava import LlavaPlanner
+    from visagent.pool import ModelPool
 
     models = dict(tiny_config.models)
     models["planner"] = models["planner"].model_copy(update={"options": {"context_length": 1100}})

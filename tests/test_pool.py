@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.checkpoints import resolve_checkpoint
-from agent.errors import ModelUnavailableError
-from agent.pool import ModelKey, ModelPool, model_nbytes
+from visagent.checkpoints import resolve_checkpoint
+from visagent.errors import ModelUnavailableError
+from visagent.pool import ModelKey, ModelPool, model_nbytes
 
 
 def bert_folder(tmp_path: Path, name: str, hidden: int) -> Path:

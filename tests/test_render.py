@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.errors import UsageError
-from agent.media import MediaStore
-from agent.render import (
+from visagent.errors import UsageError
+from visagent.media import MediaStore
+from visagent.render import (
     CAPTION_H,
     PAD,
     TILE,
@@ -21,7 +21,7 @@ from agent.render import (
     render_regions,
 )
 from tests.fakes import FAKE_TOOLS
-from tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -140,7 +140,7 @@ def test_contact_sheet_for_frames_with_timestamps(make_agent, tmp_path):
     assert sheet.size == (cols * (tile + PAD) + PAD, rows * (tile + CAPTION_H + PAD) + PAD)
     assert len(run.media.ids("image")) == n
     assert run.media.info("img_3").timestamp == 1.0
-    from agent.render import _caption
+    from visagent.render import _caption
 
     assert _caption(run.media.info("img_3")) == "img_3 @ 1.00 s of vid_0"
     # the cited frame comes first in the sheet and carries the drawn box

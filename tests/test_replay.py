@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cli import main
-from agent.errors import UsageError
-from agent.pool import ModelPool
-from agent.replay import replay
-from agent.trace import read_trace
+from visagent.cli import main
+from visagent.errors import UsageError
+from visagent.pool import ModelPool
+from visagent.replay import replay
+from visagent.trace import read_trace
 from tests.fakes import FAKE_TOOLS
 
 PLAN = [
@@ -30,7 +30,7 @@ PLAN = [
 @pytest.fixture
 def recorded(make_agent, tmp_path) -> Path:
     path = tmp_path / "trace.jsonl"
-    from agent.registry import load_builtin_tools
+    from visagent.registry import load_builtin_tools
 
     answer = make_agent(PLAN, tools=[*FAKE_TOOLS, load_builtin_tools()["segment"]]).ask(
         "How many cups?", ["sample:coffee"], trace_path=path
@@ -67,7 +67,7 @@ def test_replay_reaches_the_same_answer_without_models(recorded):
 def test_cli_replay_same_answer_in_a_fresh_process(recorded):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "replay", str(recorded), "--json"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "visagent.cli", "replay", str(recorded), "--json"], capture_output=True, text=True, env=env, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -182,7 +182,7 @@ def test_replan_to_a_different_answer_exits_1(recorded, tmp_path, capsys):
 
 
 def test_replay_recreates_the_frames_a_tool_registered(make_agent, tmp_path, capsys):
-    from agent.registry import load_builtin_tools
+    from visagent.registry import load_builtin_tools
     from tests.helpers import write_video
 
     video = write_video(tmp_path / "clip.mp4", [i / 10 for i in range(30)])  # 3 s at 10 fps
@@ -224,7 +224,7 @@ def test_replay_recreates_the_frames_a_tool_registered(make_agent, tmp_path, cap
 
 
 def test_replay_of_a_video_given_as_bytes(make_agent, tmp_path):
-    from agent.registry import load_builtin_tools
+    from visagent.registry import load_builtin_tools
     from tests.helpers import write_video
 
     data = write_video(tmp_path / "clip.mp4", [i / 10 for i in range(20)]).read_bytes()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.report import report_html, write_report
+from visagent.report import report_html, write_report
 from tests.fakes import FAKE_TOOLS
 
 CHROMIUM = os.environ.get("VISAGENT_CHROMIUM", "/usr/bin/chromium")
@@ -26,7 +26,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def _run(make_agent, question: str, final: str):
-    from agent.registry import load_builtin_tools
+    from visagent.registry import load_builtin_tools
 
     tools = [*FAKE_TOOLS, load_builtin_tools()["segment"]]
     plan = [

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cli import main
-from agent.scenarios import Expect, ScenarioError, ScenarioRunner, check, first_number, load_file, read_results
+from visagent.cli import main
+from visagent.scenarios import Expect, ScenarioError, ScenarioRunner, check, first_number, load_file, read_results
 from tests.fakes import FAKE_TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def answer(tiny_config, shared_pool):
-    from agent.agent import Agent
-    from agent.planners import ScriptedPlanner
+    from visagent.agent import Agent
+    from visagent.planners import ScriptedPlanner
 
     plan = [
         {"tool": "fake_find", "args": {"image": "img_0", "label": "coin", "n": 3}},
@@ -149,7 +149,7 @@ def test_resume_after_a_killed_run(tmp_path):
     out = tmp_path / "r.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", str(sc), "--out", str(out), "--profile", "tiny"],
+        [sys.executable, "-m", "visagent.cli", "run", str(sc), "--out", str(out), "--profile", "tiny"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     try:
@@ -179,7 +179,7 @@ def test_resume_after_a_killed_run(tmp_path):
 
 
 def test_shipped_scenarios_are_valid_and_real_ones_skip_with_a_reason():
-    from agent.scenarios import load_scenarios
+    from visagent.scenarios import load_scenarios
 
     scenarios = load_scenarios([ROOT / "scenarios"])
     names = {s.name for s in scenarios}

@@ -38,10 +38,10 @@ PLAN = """
 
 FAKE_SERVER = """
 import sys
-from agent.agent import Agent
-from agent.config import load_config
-from agent.planners import FunctionPlanner
-from agent.server import load_settings, serve
+from visagent.agent import Agent
+from visagent.config import load_config
+from visagent.planners import FunctionPlanner
+from visagent.server import load_settings, serve
 from tests.fakes import FAKE_TOOLS
 
 def plan(state):
@@ -119,7 +119,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, root: Path, traces: Path) -
         )
     )
     port = free_port()
-    cmd = [sys.executable, "-m", "agent.cli", "serve", "--profile", "tiny", "--config", str(tmp / "config.yaml"),
+    cmd = [sys.executable, "-m", "visagent.cli", "serve", "--profile", "tiny", "--config", str(tmp / "config.yaml"),
            "--planner", f"script:{tmp / 'plan.yaml'}", "--port", str(port), "--token", TOKEN,
            "--trace-dir", str(traces)]  # fmt: skip
     proc = start(cmd, port, tmp / "server.log")
@@ -177,7 +177,7 @@ def test_tools_and_openapi(server: str) -> None:
 
 
 def test_each_request_leaves_a_replayable_trace(server: str, traces: Path) -> None:
-    from agent.replay import replay
+    from visagent.replay import replay
 
     files = [("files", ("a.png", png(64, 48, 3), "image/png"))]
     r = httpx.post(f"{server}/v1/ask", headers=AUTH, files=files, data={"question": "what is there?", "include_trace": "false"}, timeout=60)
@@ -368,13 +368,13 @@ def test_queue_full_is_429_and_timeout_is_504(fake_server: str) -> None:
 def test_serve_refuses_public_host_without_token() -> None:
     env = {k: v for k, v in os.environ.items() if k != "VISAGENT_TOKEN"}
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "serve", "--host", "0.0.0.0", "--profile", "tiny"],
+        [sys.executable, "-m", "visagent.cli", "serve", "--host", "0.0.0.0", "--profile", "tiny"],
         capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
     )  # fmt: skip
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in r.stderr
-    from agent.errors import UsageError
-    from agent.server import ServerSettings, is_loopback, serve
+    from visagent.errors import UsageError
+    from visagent.server import ServerSettings, is_loopback, serve
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
 
 
 class In(ToolInput):

@@ -1,4 +1,4 @@
-"""The shared contract, checked for every registered tool (``agent.registry.load_builtin_tools``):
+"""The shared contract, checked for every registered tool (``visagent.registry.load_builtin_tools``):
 spec and schema, Input strictness and JSON round-trip, Output round-trip, observation length,
 regions, model families.
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import DEFAULT_MODELS, TINY_MODELS
-from agent.registry import load_builtin_tools
-from tools.base import OBSERVATION_LIMIT, Region, Tool, ToolInput, ToolOutput
+from visagent.config import DEFAULT_MODELS, TINY_MODELS
+from visagent.registry import load_builtin_tools
+from visagent.tools.base import OBSERVATION_LIMIT, Region, Tool, ToolInput, ToolOutput
 
 TOOLS = load_builtin_tools()
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from agent.config import load_config
+from visagent.config import load_config
 from tests.helpers import error_steps, tool_steps
 
 
@@ -21,8 +21,8 @@ def _config(tiny_config, **models):
 
 
 def _agent(config, pool, plan):
-    from agent.agent import Agent
-    from agent.planners import ScriptedPlanner
+    from visagent.agent import Agent
+    from visagent.planners import ScriptedPlanner
 
     return Agent(config, planner=ScriptedPlanner(plan), pool=pool)
 
@@ -73,7 +73,7 @@ def test_caption_architectures(tiny_config, shared_pool, tiny, kind, model_cls):
     cap, vqa = tool_steps(ans)
     assert cap.models == [tiny] and isinstance(cap.output["caption"], str)
     assert isinstance(vqa.output["answer"], str)
-    from agent.context import Models
+    from visagent.context import Models
 
     with Models(config, shared_pool).use("caption") as bundle:
         assert bundle.kind == kind and type(bundle.model).__name__ == model_cls
@@ -85,8 +85,8 @@ def test_architecture_comes_from_the_config_not_the_name(tiny_config, tmp_path):
     """A GIT checkpoint in a folder named like BLIP-2 still loads as GIT."""
     import torch
 
-    from agent.checkpoints import ensure_tiny
-    from tools.caption import load_captioner
+    from visagent.checkpoints import ensure_tiny
+    from visagent.tools.caption import load_captioner
 
     src = ensure_tiny("git", "transformers", tiny_config.cache_path)
     misleading = tmp_path / "blip2-opt-2.7b"
@@ -98,9 +98,9 @@ def test_architecture_comes_from_the_config_not_the_name(tiny_config, tmp_path):
 def test_wrong_checkpoints_are_clear_errors(tiny_config, shared_pool):
     import torch
 
-    from agent.checkpoints import ensure_tiny
-    from agent.errors import ToolError
-    from tools.caption import load_captioner
+    from visagent.checkpoints import ensure_tiny
+    from visagent.errors import ToolError
+    from visagent.tools.caption import load_captioner
 
     blip_caption = ensure_tiny("blip", "transformers", tiny_config.cache_path)
     with pytest.raises(ToolError, match="BlipForQuestionAnswering"):
@@ -128,12 +128,12 @@ def test_bad_arguments_are_error_observations(make_agent):
 def test_max_new_tokens_option(tiny_config, shared_pool):
     config = _config(tiny_config, caption="tiny:git")
     config.models["caption"].options["max_new_tokens"] = 3
-    from agent.pool import ModelPool
+    from visagent.pool import ModelPool
 
     ans = _agent(config, ModelPool(), [{"tool": "caption", "args": {"image": "img_0"}}, {"final": "x", "evidence": []}]).ask(
         "q", ["sample:chelsea"]
     )
     (cap,) = tool_steps(ans)
-    from tools.caption import tiny_bert_tokenizer
+    from visagent.tools.caption import tiny_bert_tokenizer
 
     assert len(tiny_bert_tokenizer()(cap.output["caption"], add_special_tokens=False).input_ids) <= 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.config import load_config
+from visagent.config import load_config
 from tests.helpers import ask_cli, error_steps, tool_steps
 
 BACKENDS = ["transformers", "official"]
@@ -28,8 +28,8 @@ def _config(tiny_config, **detect):
 
 
 def _agent(config, pool, plan):
-    from agent.agent import Agent
-    from agent.planners import ScriptedPlanner
+    from visagent.agent import Agent
+    from visagent.planners import ScriptedPlanner
 
     return Agent(config, planner=ScriptedPlanner(plan), pool=pool)
 
@@ -51,7 +51,7 @@ _POOLS: dict = {}
 def _pool(backend):
     """One pool per backend: the pool keys models by checkpoint, and both backends name the
     same ``tiny:grounding-dino``."""
-    from agent.pool import ModelPool
+    from visagent.pool import ModelPool
 
     return _POOLS.setdefault(backend, ModelPool())
 
@@ -62,14 +62,14 @@ def backend_config(request, tiny_config):
 
 
 def _bundle(config, pool):
-    from agent.context import Models
+    from visagent.context import Models
 
     return Models(config, pool).use("detect")
 
 
 # -- pure helpers ----------------------------------------------------------------------------
 def test_phrase_formatting():
-    from tools.detect import clean_label, format_caption
+    from visagent.tools.detect import clean_label, format_caption
 
     assert clean_label("  Red   Cup. ") == "red cup"
     assert format_caption(["Cat", " Remote Control. "]) == "cat. remote control."
@@ -78,9 +78,9 @@ def test_phrase_formatting():
 def test_long_label_lists_are_split_under_the_token_limit(tiny_config):
     from transformers import AutoTokenizer
 
-    from agent.checkpoints import ensure_tiny
-    from agent.errors import ToolError
-    from tools.detect import plan_chunks
+    from visagent.checkpoints import ensure_tiny
+    from visagent.errors import ToolError
+    from visagent.tools.detect import plan_chunks
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny("grounding-dino", "transformers", tiny_config.cache_path))
     labels = ["red cup", "coffee", "a man", "table", "cat", "dog", "white mug", "blue coin"]
@@ -99,7 +99,7 @@ def test_long_label_lists_are_split_under_the_token_limit(tiny_config):
 def test_box_conversion_to_original_pixels():
     import torch
 
-    from tools.detect import cxcywh_to_xyxy_pixels
+    from visagent.tools.detect import cxcywh_to_xyxy_pixels
 
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.95, 0.1, 0.2, 0.4]])
     out = cxcywh_to_xyxy_pixels(boxes, 300, 120)
@@ -185,8 +185,8 @@ def test_backends_return_the_same_structure(tiny_config):
 
 
 def test_split_label_lists_run_in_one_batch(tiny_config):
-    from agent.context import Models
-    from agent.pool import ModelPool
+    from visagent.context import Models
+    from visagent.pool import ModelPool
 
     config = _config(tiny_config, options={"max_text_len": 8})
     pool = ModelPool()
@@ -279,7 +279,7 @@ def test_owlv2_checkpoint(tiny_config, shared_pool, wide_image):
 def test_official_tiny_is_an_official_checkpoint(tiny_config):
     import torch
 
-    from agent.checkpoints import ensure_tiny
+    from visagent.checkpoints import ensure_tiny
 
     folder = ensure_tiny("grounding-dino", "official", tiny_config.cache_path)
     (weights,) = folder.glob("*.pth")
@@ -295,9 +295,9 @@ def test_official_text_encoder_option(tiny_config, tmp_path):
 
     import torch
 
-    from agent.checkpoints import ensure_tiny
-    from agent.errors import ToolError
-    from tools.detect import load_official
+    from visagent.checkpoints import ensure_tiny
+    from visagent.errors import ToolError
+    from visagent.tools.detect import load_official
 
     folder = ensure_tiny("grounding-dino", "official", tiny_config.cache_path)
     moved = tmp_path / "ckpt"
@@ -340,7 +340,7 @@ def test_official_bert_warper_matches_bert():
     from groundingdino.models.GroundingDINO.bertwarper import BertModelWarper
     from transformers import BertConfig, BertModel
 
-    from tools._gdino_compat import install
+    from visagent.tools._gdino_compat import install
 
     install()
     torch.manual_seed(0)

@@ -12,24 +12,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.context import RunContext
-from agent.errors import ToolError
-from agent.media import MediaStore
-from agent.types import ErrorStep
+from visagent.context import CallContext
+from visagent.session import Session
+from visagent.errors import ToolError
+from visagent.media import MediaStore
+from visagent.types import ErrorStep
 from tests.helpers import ask_cli
-from tools.base import OBSERVATION_LIMIT, REGION_ID_RE
-from tools.ocr import Ocr, OcrInput, OcrOutput, _reading_order
+from visagent import ids
+from visagent.tools.base import OBSERVATION_LIMIT
+from visagent.tools.ocr import Ocr, OcrInput, OcrOutput, _reading_order
 
 # words printed on skimage.data.page() (a scan of a paragraph about region-based segmentation)
 PAGE_WORDS = ("segmentation", "markers", "coins", "background", "unambiguously", "histogram")
 
 
 @pytest.fixture(scope="module")
-def page_output(tiny_config: Any, shared_pool: Any) -> tuple[OcrOutput, RunContext]:
+def page_output(tiny_config: Any, shared_pool: Any) -> tuple[OcrOutput, CallContext]:
     media = MediaStore()
     media.add("sample:page")
-    ctx = RunContext(tiny_config, shared_pool, media)
-    ctx.begin_call()
+    ctx = Session(tiny_config, shared_pool, media).open_call()
     return Ocr().run(OcrInput(image="img_0"), ctx), ctx
 
 
@@ -37,7 +38,7 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
-def test_real_weights_read_the_page(page_output: tuple[OcrOutput, RunContext]) -> None:
+def test_real_weights_read_the_page(page_output: tuple[OcrOutput, CallContext]) -> None:
     out, ctx = page_output
     text = " ".join(line.text for line in out.lines).lower()
     for word in PAGE_WORDS:
@@ -46,12 +47,12 @@ def test_real_weights_read_the_page(page_output: tuple[OcrOutput, RunContext]) -
     assert ctx.models == ["builtin"]
 
 
-def test_lines_ids_boxes_scores_and_order(page_output: tuple[OcrOutput, RunContext]) -> None:
+def test_lines_ids_boxes_scores_and_order(page_output: tuple[OcrOutput, CallContext]) -> None:
     out, _ = page_output
     assert len(out.lines) >= 4
     w, h = 384, 191  # skimage.data.page().shape == (191, 384)
     for i, line in enumerate(out.lines):
-        assert line.id == f"ocr_1_{i}" and REGION_ID_RE.match(line.id)
+        assert line.id == f"ocr_1_{i}" and ids.parse_region_id(line.id)
         x0, y0, x1, y1 = line.box
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
         assert 0.5 <= line.score <= 1.0 and line.text.strip() and line.image == "img_0"
@@ -68,8 +69,7 @@ def test_lines_ids_boxes_scores_and_order(page_output: tuple[OcrOutput, RunConte
 def test_min_score_filters(tiny_config: Any, shared_pool: Any) -> None:
     media = MediaStore()
     media.add("sample:page")
-    ctx = RunContext(tiny_config, shared_pool, media)
-    ctx.begin_call()
+    ctx = Session(tiny_config, shared_pool, media).open_call()
     strict = Ocr().run(OcrInput(image="img_0", min_score=0.99), ctx)
     assert all(line.score >= 0.99 for line in strict.lines)
 
@@ -77,8 +77,7 @@ def test_min_score_filters(tiny_config: Any, shared_pool: Any) -> None:
 def test_blank_image_has_no_text_and_bad_ids_fail(tiny_config: Any, shared_pool: Any) -> None:
     media = MediaStore()
     media.add(np.full((120, 200, 3), 255, np.uint8))
-    ctx = RunContext(tiny_config, shared_pool, media)
-    ctx.begin_call()
+    ctx = Session(tiny_config, shared_pool, media).open_call()
     out = Ocr().run(OcrInput(image="img_0"), ctx)
     assert out.lines == [] and out.observation() == "no text found on img_0"
     with pytest.raises(ToolError, match="unknown media id 'img_7'"):
@@ -122,7 +121,6 @@ def test_rgba_and_grayscale_images_are_read(tiny_config: Any, shared_pool: Any) 
     gray = Image.fromarray(skimage.data.page())  # mode L -> normalized to RGB by the media store
     media = MediaStore()
     media.add(gray.convert("LA"))
-    ctx = RunContext(tiny_config, shared_pool, media)
-    ctx.begin_call()
+    ctx = Session(tiny_config, shared_pool, media).open_call()
     out = Ocr().run(OcrInput(image="img_0"), ctx)
     assert "markers" in " ".join(line.text for line in out.lines).lower()

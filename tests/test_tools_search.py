@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.config import load_config
-from agent.context import RunContext
-from agent.errors import ToolError
-from agent.media import MediaStore, sample_image
-from agent.pool import ModelPool
-from agent.types import ErrorStep
+from visagent.config import load_config
+from visagent.context import CallContext
+from visagent.session import Session
+from visagent.errors import ToolError
+from visagent.media import MediaStore, sample_image
+from visagent.pool import ModelPool
+from visagent.types import ErrorStep
 from tests.helpers import ask_cli
-from tools.base import OBSERVATION_LIMIT
-from tools.search import Classify, ClassifyInput, DualEncoder, Search, SearchInput, is_image_file, scan_gallery
+from visagent.tools.base import OBSERVATION_LIMIT
+from visagent.tools.search import Classify, ClassifyInput, DualEncoder, Search, SearchInput, is_image_file, scan_gallery
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "horse")
 ARCHS = {"clip": ("clip", "CLIPModel"), "siglip": ("siglip", "SiglipModel"), "flava": ("flava", "FlavaModel")}
@@ -32,12 +33,11 @@ def _config(checkpoint: str = "tiny:clip", **options: Any) -> Any:
     return load_config(profile="tiny", overrides=overrides, environ={"VISAGENT_CACHE_DIR": os.environ["VISAGENT_CACHE_DIR"]})
 
 
-def _ctx(config: Any, pool: Any, *media: Any, progress: Any = None) -> RunContext:
+def _ctx(config: Any, pool: Any, *media: Any, progress: Any = None) -> CallContext:
     store = MediaStore()
     for m in media:
         store.add(m)
-    ctx = RunContext(config, pool, store, progress)
-    ctx.begin_call()
+    ctx = Session(config, pool, store).open_call(progress)
     return ctx
 
 
@@ -85,7 +85,7 @@ def test_scores_match_a_direct_transformers_computation(shared_pool: Any) -> Non
     import torch
     from transformers import AutoModel, AutoProcessor
 
-    from agent.checkpoints import ensure_tiny
+    from visagent.checkpoints import ensure_tiny
 
     ctx = _ctx(_config(), shared_pool, *(f"sample:{s}" for s in SAMPLES))
     out = Search().run(SearchInput(query="a photo of a horse"), ctx)
@@ -105,7 +105,7 @@ def test_ranking_every_candidate_once_top_k_and_cache(shared_pool: Any, calls: l
     out = Search().run(SearchInput(query="a rocket"), ctx)
     assert sorted(h.image for h in out.results) == [f"img_{i}" for i in range(5)] and out.candidates == 5
     assert ctx.cache["search_image_embedding"] == "miss" and calls == [5]
-    ctx.begin_call()
+    ctx = ctx.session.open_call()
     top = Search().run(SearchInput(query="a rocket", images=["img_3", "img_1", "img_3"], top_k=1), ctx)
     assert len(top.results) == 1 and top.candidates == 2 and top.results[0].image in {"img_1", "img_3"}
     assert ctx.cache["search_image_embedding"] == "hit" and calls == [5]  # embeddings reused in the run
@@ -157,7 +157,7 @@ def test_gallery_index_reused_and_updated(gallery: Path, shared_pool: Any, calls
     assert ctx.image(first.results[0].image).size in {(96, 64), (64, 64)}
     # a gallery file scores like the same pixels given as a run image
     cat = next(h for h in first.results if h.path.endswith("chelsea.png"))
-    ctx.begin_call()
+    ctx = ctx.session.open_call()
     same = ctx.add_image(Image.open(gallery / "chelsea.png").convert("RGB"), "same pixels")
     direct = Search().run(SearchInput(query="a cat", images=[same]), ctx)
     assert direct.results[0].score == pytest.approx(cat.score, abs=1e-5)

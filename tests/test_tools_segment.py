@@ -15,16 +15,16 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from agent.agent import Agent
-from agent.config import load_config
-from agent.context import RunContext
-from agent.media import MediaStore
-from agent.planners import ScriptedPlanner
-from agent.pool import ModelPool
-from agent.types import ErrorStep, ToolStep
+from visagent.agent import Agent
+from visagent.config import load_config
+from visagent.session import Session
+from visagent.media import MediaStore
+from visagent.planners import ScriptedPlanner
+from visagent.pool import ModelPool
+from visagent.types import ErrorStep, ToolStep
 from tests.helpers import ask_cli
-from tools.base import OBSERVATION_LIMIT
-from tools.segment import Mask, Prompts, Segment, SegmentInput, mask_to_rle, rle_to_mask
+from visagent.tools.base import OBSERVATION_LIMIT
+from visagent.tools.segment import Mask, Prompts, Segment, SegmentInput, mask_to_rle, rle_to_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
@@ -34,7 +34,7 @@ VARIANTS = {
     "official": ("official", "tiny:sam"),
     "sam2": ("transformers", "tiny:sam2"),
 }
-HAS_DETECT = importlib.util.find_spec("tools.detect") is not None
+HAS_DETECT = importlib.util.find_spec("visagent.tools.detect") is not None
 
 
 # -- fixtures / helpers ------------------------------------------------------------------------
@@ -62,16 +62,19 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _ctx(backend: str, pools: dict[str, ModelPool], *images: Any) -> RunContext:
+def _ctx(backend: str, pools: dict[str, ModelPool], *images: Any) -> Session:
     media = MediaStore()
     for image in images or ("sample:coffee",):
         media.add(image)
-    return RunContext(_config(backend), pools[backend], media)
+    return Session(_config(backend), pools[backend], media)
 
 
-def _segment(ctx: RunContext, **args: Any) -> Any:
-    ctx.begin_call()
-    return Segment().run(SegmentInput(**args), ctx)
+def _segment(session: Session, **args: Any) -> Any:
+    """One segment call in ``session``; its cache events stay in ``session.last_cache``."""
+    ctx = session.open_call()
+    out = Segment().run(SegmentInput(**args), ctx)
+    session.last_cache = ctx.cache  # type: ignore[attr-defined]
+    return out
 
 
 def _agent(backend: str, pools: dict[str, ModelPool], plan: list[dict[str, Any]]) -> Agent:
@@ -117,7 +120,7 @@ def test_rle_round_trip_is_json_and_column_major() -> None:
 def test_output_structure_and_mask_size(backend: str, pools: dict, orientation: str) -> None:
     image, boxes = ("sample:coffee", LANDSCAPE_BOXES) if orientation == "landscape" else (PORTRAIT, PORTRAIT_BOXES)
     ctx = _ctx(backend, pools, image)
-    w, h = ctx.image("img_0").size
+    w, h = ctx.media.image("img_0").size
     assert w != h
     out = _segment(ctx, image="img_0", boxes=boxes)
     assert (out.width, out.height) == (w, h)
@@ -140,8 +143,8 @@ def test_output_structure_and_mask_size(backend: str, pools: dict, orientation: 
 def test_rle_decodes_to_the_decoded_mask(backend: str, pools: dict) -> None:
     ctx = _ctx(backend, pools)
     out = _segment(ctx, image="img_0", boxes=LANDSCAPE_BOXES)
-    with ctx.model("segment") as bundle:
-        (state,) = ctx.media_cache("img_0").values()
+    with ctx.open_call().model("segment") as bundle:
+        (state,) = ctx.media.cache("img_0").values()
         masks, scores = bundle.decode(state, Prompts(LANDSCAPE_BOXES, None, None))
     masks = masks.cpu().numpy()
     assert masks.shape == (2, 400, 600)
@@ -183,7 +186,7 @@ def test_ids_unique_across_calls_and_masks_usable_as_boxes(backend: str, pools: 
 # -- cache and batching ------------------------------------------------------------------------
 def test_image_encoder_runs_once_per_image(backend: str, pools: dict) -> None:
     ctx = _ctx(backend, pools, "sample:coffee", PORTRAIT)
-    with ctx.model("segment") as bundle:
+    with ctx.open_call().model("segment") as bundle:
         encoder = CallCounter(bundle.image_encoder)
     events = []
     try:
@@ -193,13 +196,13 @@ def test_image_encoder_runs_once_per_image(backend: str, pools: dict) -> None:
             {"boxes": LANDSCAPE_BOXES[:1], "points": [[50, 60]], "point_labels": [0]},
         ):
             _segment(ctx, image="img_0", **args)
-            events.append(ctx.cache["sam_image_embedding"])
+            events.append(ctx.last_cache["sam_image_embedding"])
         assert encoder.calls == 1
         assert events == ["miss", "hit", "hit"]
         _segment(ctx, image="img_1", boxes=PORTRAIT_BOXES)
-        assert encoder.calls == 2 and ctx.cache["sam_image_embedding"] == "miss"
+        assert encoder.calls == 2 and ctx.last_cache["sam_image_embedding"] == "miss"
         _segment(ctx, image="img_1", points=[[3, 3]])
-        assert encoder.calls == 2 and ctx.cache["sam_image_embedding"] == "hit"
+        assert encoder.calls == 2 and ctx.last_cache["sam_image_embedding"] == "hit"
     finally:
         encoder.remove()
 
@@ -211,7 +214,7 @@ def test_n_boxes_go_through_one_decoder_call(backend: str, pools: dict) -> None:
     y0 = rng.uniform(0, 300, 16)
     boxes = [[float(a), float(b), float(a) + 90, float(b) + 90] for a, b in zip(x0, y0)]
     _segment(ctx, image="img_0", points=[[1, 1]])  # embedding in the cache
-    with ctx.model("segment") as bundle:
+    with ctx.open_call().model("segment") as bundle:
         decoder = CallCounter(bundle.mask_decoder)
         encoder = CallCounter(bundle.image_encoder)
     try:
@@ -275,7 +278,7 @@ BAD = [
 def test_bad_arguments_are_error_observations(pools: dict, args: dict, needle: str) -> None:
     plan = [{"tool": "segment", "args": args}, {"final": "no", "evidence": []}]
     ans = _agent("transformers", pools, plan).ask("segment", ["sample:coffee"])
-    errors = [s for s in ans.trace.steps if isinstance(s, ErrorStep)]
+    errors = [s for s in ans.trace.steps if isinstance(s, ErrorStep) and s.source != "final"]  # not the grounding send-back
     assert len(errors) == 1 and errors[0].tool == "segment"
     assert needle in errors[0].message, errors[0].message
     assert "\n" not in errors[0].message
@@ -288,7 +291,7 @@ def test_region_from_another_image_is_an_error(pools: dict) -> None:
         {"final": "no", "evidence": []},
     ]
     ans = _agent("transformers", pools, plan).ask("segment", ["sample:coffee", PORTRAIT])
-    err = [s for s in ans.trace.steps if isinstance(s, ErrorStep)]
+    err = [s for s in ans.trace.steps if isinstance(s, ErrorStep) and s.source != "final"]
     assert len(err) == 1 and "region mask_1_0 is on img_1, not on img_0" in err[0].message
 
 
@@ -320,7 +323,7 @@ def _detect_plan(ids: list[str]) -> list[dict[str, Any]]:
 
 @pytest.mark.skipif(not HAS_DETECT, reason="tools/detect.py is not in this tree yet")
 def test_scripted_detect_then_segment(backend: str, pools: dict) -> None:
-    from agent.planners import FunctionPlanner
+    from visagent.planners import FunctionPlanner
 
     # detect with a zero threshold (random tiny weights), then segment the boxes it found
     def plan(state: Any) -> Any:
@@ -354,7 +357,7 @@ def _cli(tmp_path: Path, plan: list[dict[str, Any]], backend: str) -> dict[str, 
 
 @pytest.mark.parametrize("variant", ["transformers", "official"])
 def test_cli_scripted_segment_run(variant: str, tmp_path: Path) -> None:
-    """detect -> count -> segment(boxes=[det ids]) -> segment again, through `python -m agent.cli`."""
+    """detect -> count -> segment(boxes=[det ids]) -> segment again, through `python -m visagent.cli`."""
     if HAS_DETECT:  # threshold 0: the tiny random detector always returns boxes
         zero = {"box_threshold": 0.0, "text_threshold": 0.0}
         plan: list[dict[str, Any]] = [

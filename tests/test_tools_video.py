@@ -16,17 +16,18 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.config import load_config
-from agent.context import RunContext
-from agent.errors import MediaError, ToolError
-from agent.media import MediaStore
-from agent.pool import ModelPool
-from agent.types import ErrorStep
+from visagent.config import load_config
+from visagent.context import CallContext
+from visagent.session import Session
+from visagent.errors import MediaError, ToolError
+from visagent.media import MediaStore
+from visagent.pool import ModelPool
+from visagent.types import ErrorStep
 from tests.helpers import VIDEO_H as H
 from tests.helpers import VIDEO_W as W
 from tests.helpers import ask_cli, frame_index, write_video
-from tools.base import OBSERVATION_LIMIT
-from tools.video import (
+from visagent.tools.base import OBSERVATION_LIMIT
+from visagent.tools.video import (
     VideoFrames,
     VideoFramesInput,
     VideoQA,
@@ -56,7 +57,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 VFR_TIMES = [0.0, 0.05, 0.1, 1.5, 1.6, 3.0, 3.05, 4.9, 5.5, 7.0]
 
 
-def _ctx(*media: Any, checkpoint: str = "tiny:video-llava", pool: Any = None) -> RunContext:
+def _ctx(*media: Any, checkpoint: str = "tiny:video-llava", pool: Any = None) -> CallContext:
     config = load_config(
         profile="tiny", overrides={"models": {"video": {"checkpoint": checkpoint}}},
         environ={"VISAGENT_CACHE_DIR": os.environ["VISAGENT_CACHE_DIR"]},
@@ -64,8 +65,7 @@ def _ctx(*media: Any, checkpoint: str = "tiny:video-llava", pool: Any = None) ->
     store = MediaStore()
     for m in media:
         store.add(m)
-    ctx = RunContext(config, pool or _POOL, store)
-    ctx.begin_call()
+    ctx = Session(config, pool or _POOL, store).open_call()
     return ctx
 
 
@@ -133,7 +133,7 @@ def test_rotation_metadata_is_applied(videos: dict[str, Path], name: str, rotati
 
 
 def test_sampling_does_not_decode_every_frame(videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import tools.video as video
+    import visagent.tools.video as video
 
     converted: list[int] = []
     original = video._to_image
@@ -264,7 +264,7 @@ def test_cli_video_frames_then_count(videos: dict[str, Path], tmp_path: Path) ->
 def test_cli_corrupt_video_is_a_usage_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 8 + b"garbage" * 100)
-    cmd = [sys.executable, "-m", "agent.cli", "ask", str(bad), "what happens?", "--profile", "tiny",
+    cmd = [sys.executable, "-m", "visagent.cli", "ask", str(bad), "what happens?", "--profile", "tiny",
            "--planner", "script:" + str(tmp_path / "unused.yaml")]  # fmt: skip
     (tmp_path / "unused.yaml").write_text(yaml.safe_dump([{"final": "x"}]))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"),
@@ -282,8 +282,7 @@ def test_video_qa_on_cuda(videos: dict[str, Path]) -> None:
     )  # fmt: skip
     store = MediaStore()
     store.add(str(videos["vfr"]))
-    ctx = RunContext(config, ModelPool(), store)
-    ctx.begin_call()
+    ctx = Session(config, ModelPool(), store).open_call()
     out = VideoQA().run(VideoQAInput(video="vid_0", question="what happens?"), ctx)
     assert ctx.model_key("video").device == "cuda" and out.frames_fed == 8 and isinstance(out.answer, str)
     with ctx.model("video") as bundle:

@@ -39,7 +39,14 @@ def byte_level_tokenizer(
     With ``template`` encoding adds ``bos`` before the text and, with ``add_eos``, ``eos`` after it
     (CLIP-style text encoders pool at the eos token); chat models leave that to their chat template.
     ``corpus`` replaces the built-in training text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     named = dict(named_extra or {})

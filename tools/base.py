@@ -5,9 +5,10 @@ A tool is a class with ``name``, ``description``, ``Input`` and ``Output`` (pyda
 typed output is the artifact callers get. A wrongly declared tool fails when its class is defined
 (at import).
 
-Region ids: every localized result carries an id unique within a run, ``<prefix>_<n>_<i>`` where n
-is the 1-based number of the tool call in the run and i the 0-based index in its output
-(``det_2_0``, ``mask_3_1``, ``ocr_1_4``). ``ctx.region_id(prefix, i)`` makes them.
+Region ids: every localized result carries an id unique within a session, ``<prefix>_<n>_<i>``
+where n is the 1-based number of the tool call and i the 0-based index in its output (``det_2_0``,
+``mask_3_1``, ``ocr_1_4``). A tool declares the prefixes it makes in ``region_prefixes``;
+``ctx.region_id(prefix, i)`` makes them (``visagent.ids`` owns the format).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+from visagent import ids
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 OBSERVATION_LIMIT = 500
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-REGION_ID_RE = re.compile(r"^(det|mask|ocr)_(\d+)_(\d+)$")
 
 Box = list[float]  # [x0, y0, x1, y1] in original-image pixels
 #: a probability / threshold in [0, 1]; NaN and infinities are rejected
@@ -130,8 +131,10 @@ class Tool:
     description: ClassVar[str]
     Input: ClassVar[type[ToolInput]]
     Output: ClassVar[type[ToolOutput]]
-    #: model families this tool uses (keys of the config's ``tools`` section)
+    #: model families this tool uses (keys of the config's ``models`` section)
     families: ClassVar[tuple[str, ...]] = ()
+    #: region-id prefixes this tool's outputs use (``det`` -> ``det_2_0``); registered in ``visagent.ids``
+    region_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,6 +157,15 @@ class Tool:
             problems.append("`Output.observation()` must be implemented")
         if "run" not in cls.__dict__ and getattr(cls, "run", None) is Tool.run:
             problems.append("`run(input, ctx)` must be implemented")
+        prefixes = cls.__dict__.get("region_prefixes", ())
+        if not isinstance(prefixes, tuple):
+            problems.append("`region_prefixes` must be a tuple of strings")
+        else:
+            for prefix in prefixes:
+                try:
+                    ids.register_prefix(prefix, cls.__qualname__)
+                except ValueError as exc:
+                    problems.append(str(exc))
         if not problems and isinstance(inp, type):
             try:
                 inp.model_json_schema()

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
-
-from agent.errors import ToolError
-from tools.base import Tool, ToolInput, ToolOutput, clip_text
-from tools.models import checked_config, register_loader, register_tiny
+from visagent.errors import ToolError
+from visagent.tools.base import Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -351,7 +350,12 @@ def _tiny_qformer(**extra: Any) -> dict[str, Any]:
 def build_tiny_blip2(folder: Path) -> None:
     """Tiny random ``Blip2ForConditionalGeneration`` (OPT language model) + ``Blip2Processor``."""
     import torch
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
 
     torch.manual_seed(0)
     tok = tiny_word_tokenizer(_OPT_SPECIALS, ("<image>",))

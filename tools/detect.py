@@ -49,10 +49,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
-
-from agent.errors import ToolError
-from tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
-from tools.models import checked_config, register_loader, register_tiny
+from visagent.errors import ToolError
+from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -487,8 +486,7 @@ def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, A
     from groundingdino.models import build_model
     from groundingdino.util.misc import clean_state_dict
     from groundingdino.util.slconfig import SLConfig
-
-    from tools._gdino_compat import install
+    from visagent.tools._gdino_compat import install
 
     install()
     weights, config_file = _official_files(checkpoint, options)
@@ -548,6 +546,7 @@ class Detect(Tool):
     Input = DetectInput
     Output = DetectOutput
     families = (FAMILY,)
+    region_prefixes = ("det",)
 
     def run(self, inp: DetectInput, ctx: Any) -> DetectOutput:  # noqa: D102
         image = ctx.image(inp.image)
@@ -586,6 +585,7 @@ class Count(Tool):
     Input = CountInput
     Output = CountOutput
     families = (FAMILY,)
+    region_prefixes = ("det",)
 
     def run(self, inp: CountInput, ctx: Any) -> CountOutput:  # noqa: D102
         if math.isnan(inp.nms_iou):  # pragma: no cover - Prob rejects NaN already
@@ -630,8 +630,7 @@ TINY_OFFICIAL_OVERRIDES: dict[str, Any] = {
 def _tiny_bert(folder: Path) -> Any:
     """A tiny random ``BertModel`` + ``BertTokenizer`` saved in ``folder``; returns the tokenizer."""
     from transformers import BertConfig, BertModel
-
-    from tools.caption import tiny_bert_tokenizer
+    from visagent.tools.caption import tiny_bert_tokenizer
 
     tok = tiny_bert_tokenizer()
     bert = BertModel(
@@ -662,8 +661,7 @@ def build_tiny_grounding_dino(folder: Path) -> None:
         GroundingDinoProcessor,
         SwinConfig,
     )
-
-    from tools.caption import tiny_bert_tokenizer
+    from visagent.tools.caption import tiny_bert_tokenizer
 
     torch.manual_seed(0)
     tok = tiny_bert_tokenizer()
@@ -716,8 +714,7 @@ def build_tiny_grounding_dino_official(folder: Path) -> None:
     import torch
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
-
-    from tools._gdino_compat import install
+    from visagent.tools._gdino_compat import install
 
     install()
     torch.manual_seed(0)
@@ -756,7 +753,12 @@ def build_tiny_owlv2(folder: Path) -> None:
     """Tiny random ``Owlv2ForObjectDetection`` + ``Owlv2Processor`` (64 px, character-level CLIP
     tokenizer)."""
     import torch
-    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
 
     torch.manual_seed(0)
     tok = tiny_clip_tokenizer()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ToolError
+from visagent.errors import ToolError
 
 Loader = Callable[[str, str, Any, dict[str, Any]], Any]
 TinyBuilder = Callable[[Path], None]

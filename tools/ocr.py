@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
-
-from agent.errors import ToolError
-from tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
-from tools.models import register_loader
+from visagent.errors import ToolError
+from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.models import register_loader
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,7 @@ class Ocr(Tool):
     Input = OcrInput
     Output = OcrOutput
     families = (FAMILY,)
+    region_prefixes = ("ocr",)
 
     def run(self, input: OcrInput, ctx: Any) -> OcrOutput:  # noqa: A002
         import numpy as np

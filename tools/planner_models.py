@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.models import checked_config, register_loader, register_tiny
+from visagent.tools.models import checked_config, register_loader, register_tiny
 
 LLAVA_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava")
 
@@ -70,8 +70,7 @@ class PlannerBundle:
 def load_planner(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> PlannerBundle:
     """Load a LLaVA-family checkpoint (folder or Hub id) with its processor and chat template."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-    from agent.errors import UsageError
+    from visagent.errors import UsageError
 
     if options.get("any_architecture"):
         config = AutoConfig.from_pretrained(checkpoint)
@@ -95,7 +94,7 @@ def build_tiny_tokenizer(folder: Path | None = None, vocab_size: int = 600) -> A
 
     Special tokens: ``<s>`` (bos), ``</s>`` (eos), ``<pad>``, ``<unk>``, ``<image>``, ``<video>``.
     """
-    from tools._tiny_text import byte_level_tokenizer
+    from visagent.tools._tiny_text import byte_level_tokenizer
 
     fast = byte_level_tokenizer(
         vocab_size=vocab_size,
@@ -152,7 +151,12 @@ def _save_tiny_llava(model: Any, processor: Any, tok: Any, folder: Path) -> None
 def build_tiny_llava(folder: Path) -> None:
     """Tiny LLaVA-1.5: CLIP ViT (32 px, 8 px patches -> 16 image tokens) + 2-layer Llama."""
     import torch
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = build_tiny_tokenizer()
     image_id = tok.convert_tokens_to_ids("<image>")

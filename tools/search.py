@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
-
-from agent.errors import ToolError
-from agent.media import file_sha256
-from tools.base import Tool, ToolInput, ToolOutput, clip_text
-from tools.models import checked_config, register_loader, register_tiny
+from visagent.errors import ToolError
+from visagent.media import file_sha256
+from visagent.tools.base import Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -121,8 +120,7 @@ def build_tiny_clip(folder: Path) -> None:
     """Tiny random CLIP (32 px images, patch 8) + CLIPProcessor with a byte-level BPE tokenizer."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from tools._tiny_text import byte_level_tokenizer
+    from visagent.tools._tiny_text import byte_level_tokenizer
 
     torch.manual_seed(0)
     small, size = _tiny_sizes()
@@ -139,9 +137,13 @@ def build_tiny_clip(folder: Path) -> None:
 def build_tiny_siglip(folder: Path) -> None:
     """Tiny random SigLIP (32 px, patch 8, text length 16) + SiglipProcessor (byte-level BPE)."""
     import torch
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
-
-    from tools._tiny_text import byte_level_tokenizer
+    from transformers import (
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipProcessor,
+    )
+    from visagent.tools._tiny_text import byte_level_tokenizer
 
     torch.manual_seed(0)
     small, size = _tiny_sizes()
@@ -158,7 +160,13 @@ def build_tiny_siglip(folder: Path) -> None:
 def build_tiny_flava(folder: Path) -> None:
     """Tiny random FLAVA (32 px, patch 8) + FlavaProcessor with a small WordPiece vocabulary."""
     import torch
-    from transformers import BertTokenizer, FlavaConfig, FlavaImageProcessor, FlavaModel, FlavaProcessor
+    from transformers import (
+        BertTokenizer,
+        FlavaConfig,
+        FlavaImageProcessor,
+        FlavaModel,
+        FlavaProcessor,
+    )
 
     torch.manual_seed(0)
     small, size = _tiny_sizes()
@@ -207,8 +215,7 @@ def scan_gallery(folder: Path) -> list[Path]:
 def load_gallery_image(path: Path, size_hint: int = 448) -> "Image.Image":
     """Open an image file as RGB with EXIF orientation applied (JPEGs decoded at reduced size)."""
     from PIL import Image, ImageOps
-
-    from agent.media import to_rgb
+    from visagent.media import to_rgb
 
     img = Image.open(path)
     if img.format == "JPEG":

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
-
-from agent.errors import ToolError
-from tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
-from tools.models import checked_config, register_loader, register_tiny
+from visagent.errors import ToolError
+from visagent.tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.models import checked_config, register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -329,7 +328,13 @@ def build_sam_from_arch(arch: dict[str, Any]) -> Any:
     from functools import partial
 
     import torch
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     size = int(arch["image_size"])
     patch = int(arch["vit_patch_size"])
@@ -569,6 +574,7 @@ class Segment(Tool):
     Input: ClassVar[type[ToolInput]] = SegmentInput
     Output: ClassVar[type[ToolOutput]] = SegmentOutput
     families: ClassVar[tuple[str, ...]] = (FAMILY,)
+    region_prefixes: ClassVar[tuple[str, ...]] = ("mask",)
 
     def _prompts(self, inp: SegmentInput, ctx: Any, width: int, height: int) -> tuple[Prompts, list[Any]]:
         """Resolve region ids, check everything lies on the image; -> prompts and per-box (source, label)."""

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
-
-from agent.errors import ToolError
-from tools.base import Tool, ToolInput, ToolOutput, clip_text
-from tools.models import register_loader, register_tiny
+from visagent.errors import ToolError
+from visagent.tools.base import Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.models import register_loader, register_tiny
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -295,7 +294,11 @@ class VideoLlavaBundle:
 @register_loader(FAMILY, "transformers")
 def load_video_llava(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> VideoLlavaBundle:
     """Video-LLaVA from a Hub id or local folder; the architecture comes from its ``config.json``."""
-    from transformers import AutoConfig, VideoLlavaForConditionalGeneration, VideoLlavaProcessor
+    from transformers import (
+        AutoConfig,
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaProcessor,
+    )
 
     config = AutoConfig.from_pretrained(checkpoint)
     if config.model_type != "video_llava":
@@ -324,8 +327,7 @@ def build_tiny_video_llava(folder: Path) -> None:
         VideoLlavaProcessor,
         VideoLlavaVideoProcessor,
     )  # fmt: skip
-
-    from tools._tiny_text import byte_level_tokenizer
+    from visagent.tools._tiny_text import byte_level_tokenizer
 
     torch.manual_seed(0)
     tok = byte_level_tokenizer(extra=("<image>", "<video>"), add_eos=False)

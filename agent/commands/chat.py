@@ -26,13 +26,22 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,
     ) -> None:
         """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
-        from agent.agent import Agent
-        from agent.cli import TINY_NOTE, _Activity, _announce_load, _describe_step, _load_config, _print_answer, err, out
+        from visagent.agent import Agent
+        from visagent.cli import (
+            TINY_NOTE,
+            _Activity,
+            _announce_load,
+            _describe_step,
+            _load_config,
+            _print_answer,
+            err,
+            out,
+        )
 
         cfg = _load_config(config, profile)
         if cfg.profile == "tiny":
             err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
-        agent = Agent(cfg, planner=planner)  # model planners bring their grounding checks
+        agent = Agent(cfg, planner=planner)
         if err.is_terminal:
             agent.pool.add_listener(_announce_load)
         conv = agent.chat(media, max_steps=max_steps)
@@ -54,7 +63,7 @@ def register(app: typer.Typer) -> None:
                 out.print(", ".join(conv.regions) or "no region ids yet", markup=False)
                 continue
             if line.startswith("/add "):
-                from agent.errors import MediaError
+                from visagent.errors import MediaError
 
                 try:
                     out.print(f"added {conv.add_media(line[5:].strip())}")
@@ -68,8 +77,7 @@ def register(app: typer.Typer) -> None:
                     if verbose:
                         err.print(_describe_step(step), markup=False)
                     activity.follow(step)
-            assert run.answer is not None
-            conv.record(run, run.answer)
+            assert run.answer is not None  # the session recorded the turn
             _print_answer(run.answer)
             if not run.answer.ok:
                 err.print(f"no answer: {run.answer.error}", markup=False)

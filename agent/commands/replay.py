@@ -23,18 +23,18 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Optional[Path], typer.Option(help="save an HTML report of the replayed run")] = None,
     ) -> None:
         """Replay TRACE without models: exit 0 if it reaches the recorded answer, 1 where it diverges."""
-        from agent.cli import Exit, out
-        from agent.replay import replay as run_replay
+        from visagent.cli import Exit, out
+        from visagent.replay import replay as run_replay
 
         result = run_replay(trace, planner=planner)
         if show is not None or report is not None:
             media = result.media
             if show is not None:
-                from agent.render import render_answer
+                from visagent.render import render_answer
 
                 render_answer(result.answer, media, show)
             if report is not None:
-                from agent.report import write_report
+                from visagent.report import write_report
 
                 write_report(result.answer, media, report)
         if as_json:

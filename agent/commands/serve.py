@@ -24,8 +24,8 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "warning",
 ) -> None:
     """Serve the agent over HTTP: POST /v1/ask, /v1/ask/stream; GET /v1/tools, /v1/models, /healthz."""
-    from agent.cli import TINY_NOTE, _load_config, err
-    from agent.server import is_loopback, load_settings
+    from visagent.cli import TINY_NOTE, _load_config, err
+    from visagent.server import is_loopback, load_settings
 
     cfg = _load_config(config, profile)
     settings = load_settings(
@@ -40,13 +40,13 @@ def serve(
         trace_dir=str(trace_dir) if trace_dir is not None else None,
     )
     if not is_loopback(settings.host) and not settings.token:
-        from agent.errors import UsageError
+        from visagent.errors import UsageError
 
         raise UsageError(
             f"refusing to listen on {settings.host} without a token: pass --token (or set VISAGENT_TOKEN), or use --host 127.0.0.1",
         )
-    from agent.agent import Agent
-    from agent.server import serve as run_server
+    from visagent.agent import Agent
+    from visagent.server import serve as run_server
 
     if cfg.profile == "tiny":
         err.print(f"note: {TINY_NOTE}", markup=False)
@@ -54,7 +54,7 @@ def serve(
     _ = agent.planner  # an unknown planner or a bad plan file fails here, before listening
     auth = "bearer token required" if settings.token else "no auth (loopback only)"
     err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs", markup=False)
-    logging.getLogger("agent").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
+    logging.getLogger("visagent").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
     run_server(agent, settings, log_level=log_level)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import UsageError
-from agent.planners.base import Planner, PlannerState
-from agent.planners.parsing import parse_action
-from agent.planners.scripted import FunctionPlanner, ScriptedPlanner, load_plan
+from visagent.errors import UsageError
+from visagent.planners.base import Planner, PlannerState
+from visagent.planners.parsing import parse_action
+from visagent.planners.scripted import FunctionPlanner, ScriptedPlanner, load_plan
 
 __all__ = [
     "FunctionPlanner",
@@ -28,9 +28,9 @@ __all__ = [
 _FACTORIES: dict[str, Callable[..., Planner]] = {}
 # kinds whose module registers itself on import (imported lazily: they pull in torch)
 _LAZY = {
-    "llava": "agent.planners.llava",
-    "openai": "agent.planners.openai",
-    "langchain": "agent.planners.langchain",
+    "llava": "visagent.planners.llava",
+    "openai": "visagent.planners.openai",
+    "langchain": "visagent.planners.langchain",
 }
 
 
@@ -67,4 +67,4 @@ def make_planner(spec: str | Planner | None, config: Any, **kwargs: Any) -> Plan
     return factory(config, **kwargs)
 
 
-import agent.planners.llava_plus  # noqa: E402,F401  registers the "llava_plus" action format
+import visagent.planners.llava_plus  # noqa: E402,F401  registers the "llava_plus" action format

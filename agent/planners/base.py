@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from agent.types import MediaInfo, PlannerReply, Step
+from visagent.types import MediaInfo, PlannerReply, Step
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
-
-    from tools.base import Tool
+    from visagent.tools.base import Tool
 
 
 @dataclass
 class PlannerState:
     """Everything a planner may look at to choose the next action.
 
-    ``steps`` are this turn's steps so far; ``history`` the (question, answer, steps) of earlier
-    turns of a conversation; ``images(id)`` returns the pixels of a media id.
+    ``steps`` are this turn's steps so far; ``history`` the ``{question, answer, evidence, regions}``
+    of earlier turns of the session; ``images(id)`` returns the pixels of a media id; ``citable``
+    the ids a final may cite.
     """
 
     question: str
@@ -29,6 +29,8 @@ class PlannerState:
     images: Any = None  # Callable[[str], Image.Image]
     max_steps: int = 8
     step: int = 0  # 0-based number of this planner call in the run (``max_steps - 1``: the last)
+    #: every id a final answer may cite now (the session's region ids, this turn's ``obs_N``), filled by the loop
+    citable: list[str] = field(default_factory=list)
 
     def image(self, media_id: str) -> "Image.Image":
         return self.images(media_id)

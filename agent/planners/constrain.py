@@ -32,10 +32,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from visagent import ids
+
 ASCII_CHARS = r"[ !#-\[\]-~]"
 UNICODE_CHARS = r"[^\"\\\x00-\x1f\x7f]"
 #: the shape of a citable id, used instead of the exact list when more than ``enum_ids`` are known
-ID_PATTERN = r"^(?:(?:det|mask|ocr)_[0-9]{1,4}_[0-9]{1,5}|obs_[0-9]{1,4})$"
 
 
 @dataclass(frozen=True)
@@ -163,14 +164,14 @@ def action_schema(
             }
         )
     if allow_final:
-        ids = list(dict.fromkeys(known_ids))
-        if not ids:
+        citable = list(dict.fromkeys(known_ids))
+        if not citable:
             evidence: dict[str, Any] = {"type": "array", "maxItems": 0}
-        elif len(ids) <= limits.enum_ids:
-            evidence = {"type": "array", "items": {"enum": ids}, "maxItems": min(limits.evidence_items, len(ids))}
+        elif len(citable) <= limits.enum_ids:
+            evidence = {"type": "array", "items": {"enum": citable}, "maxItems": min(limits.evidence_items, len(citable))}
         else:  # too many to list (grammar size): the id shape; the loop rejects unknown ones
-            evidence = {"type": "array", "items": {"type": "string", "pattern": ID_PATTERN}, "maxItems": limits.evidence_items}
-        if ids and require_evidence:
+            evidence = {"type": "array", "items": {"type": "string", "pattern": ids.citable_json_pattern()}, "maxItems": limits.evidence_items}
+        if citable and require_evidence:
             evidence["minItems"] = 1
         options.append(
             {
@@ -205,7 +206,7 @@ class GrammarCache:
         try:
             import xgrammar as xgr
         except ModuleNotFoundError:
-            from agent.errors import UsageError
+            from visagent.errors import UsageError
 
             raise UsageError(
                 "constrained decoding needs xgrammar: pip install 'visagent[constrained]' "

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.errors import PlannerOutputError, RunError, UsageError
-from agent.planners import register_planner
-from agent.planners.base import PlannerState
-from agent.planners.grounding import default_checks
-from agent.planners.llava import parse_json_text
-from agent.planners.prompting import (
+from visagent.errors import PlannerOutputError, RunError, UsageError
+from visagent.planners import register_planner
+from visagent.planners.base import PlannerState
+from visagent.planners.llava import parse_json_text
+from visagent.planners.prompting import (
     Message,
     PromptOptions,
     decision_from_call,
@@ -30,7 +29,7 @@ from agent.planners.prompting import (
     function_specs,
     image_data_url,
 )
-from agent.types import PlannerReply
+from visagent.types import PlannerReply
 
 
 def to_langchain_messages(messages: list[Message], image: Any) -> list[Any]:
@@ -65,27 +64,24 @@ def _text(content: Any) -> str:
     return str(content or "")
 
 
-GROUNDING_CHECKS = default_checks()
 
 
 class LangChainPlanner:
     """Drives visagent with a LangChain ``BaseChatModel``."""
 
     name = "langchain"
-    #: grounded-final checks the loop runs for this planner (evidence cited, count cross-check)
-    final_checks = GROUNDING_CHECKS
 
     def __init__(self, config: Any, chat_model: Any) -> None:
         from langchain_core.language_models import BaseChatModel
 
         if not isinstance(chat_model, BaseChatModel):
             raise UsageError(f"planner 'langchain' needs a langchain_core BaseChatModel, got {type(chat_model).__name__}")
-        extra = config.planner.model_extra or {}
+        opts = config.planner.chat()
         self.config = config
         self.chat_model = chat_model
-        self.options = PromptOptions(examples=bool(extra.get("examples", True)), max_images=int(extra.get("max_images", 4)))
-        self.context_tokens = int(extra.get("context_tokens", 32768))
-        self.image_tokens = int(extra.get("image_tokens", 600))
+        self.options = PromptOptions(examples=opts.examples, max_images=opts.max_images)
+        self.context_tokens = opts.context_tokens
+        self.image_tokens = opts.image_tokens
         self._bound: dict[tuple[str, ...], Any] = {}
         self.name = f"langchain:{type(chat_model).__name__}"
 

@@ -17,7 +17,7 @@ ModelPool. Each step:
 
 Every step seeds torch with ``planner.seed + k`` where k is the index its ``PlannerStep`` gets in
 the trace (``trace.meta.seed`` records ``planner.seed``), so sampled runs replay.
-Planner options (``config.planner``, extra keys allowed): ``max_new_tokens``, ``temperature``,
+Planner options (``config.planner``, typed in ``config.LlavaOptions``): ``max_new_tokens``, ``temperature``,
 ``top_p``, ``seed``, ``constrained``, ``max_images`` (4), ``examples`` (true), ``charset``
 (``ascii`` | ``unicode``), ``format`` (``json`` | ``llava_plus`` for LLaVA-Plus checkpoints,
 unconstrained), ``cache_implementation`` (``static`` on a GPU: transformers compiles the decode
@@ -32,49 +32,19 @@ import re
 import time
 from typing import Any
 
-from agent.errors import PlannerOutputError, UsageError
-from agent.planners import register_planner
-from agent.planners.base import PlannerState
-from agent.planners.constrain import SchemaLimits, action_schema, grammar_cache
-from agent.planners.grounding import default_checks, final_rules
-from agent.planners.parsing import decision_from_dict, parse_action
-from agent.planners.prompting import Message, PromptOptions, fit_messages
-from agent.types import PlannerReply, ToolStep
+from visagent.errors import PlannerOutputError, UsageError
+from visagent.planners import register_planner
+from visagent.planners.base import PlannerState
+from visagent.planners.constrain import SchemaLimits, action_schema, grammar_cache
+from visagent.grounding import final_rules
+from visagent.planners.parsing import decision_from_dict, parse_action
+from visagent.planners.prompting import Message, PromptOptions, fit_messages
+from visagent.types import PlannerReply
 
 log = logging.getLogger(__name__)
 
 FAMILY = "planner"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def known_ids(state: PlannerState) -> list[str]:
-    """Ids a final answer may cite: region ids in observations and ``obs_N`` of this run's
-    tool calls, plus the evidence of earlier conversation turns."""
-    ids: list[str] = []
-    for turn in state.history:
-        # region ids stay valid across turns; obs_N ids belong to their own turn
-        ids += [str(e) for e in turn.get("evidence", []) if not str(e).startswith("obs_")]
-        ids += [str(r) for r in turn.get("regions", [])]
-    for step in state.steps:
-        if isinstance(step, ToolStep):
-            for region in _regions_of(step.output):
-                ids.append(region)
-            ids.append(f"obs_{step.call}")
-    return list(dict.fromkeys(ids))
-
-
-def _regions_of(output: Any) -> list[str]:
-    """Region ids in a dumped tool output (any dict with ``id`` and ``box``)."""
-    found: list[str] = []
-    if isinstance(output, dict):
-        if isinstance(output.get("id"), str) and "box" in output:
-            found.append(output["id"])
-        for value in output.values():
-            found += _regions_of(value)
-    elif isinstance(output, list):
-        for value in output:
-            found += _regions_of(value)
-    return found
 
 
 def parse_json_text(raw: str) -> Any:
@@ -95,36 +65,30 @@ def parse_json_text(raw: str) -> Any:
     return decision_from_dict(obj, raw=raw)
 
 
-GROUNDING_CHECKS = default_checks()
 
 
 class LlavaPlanner:
     """A transformers vision-language model as planner (see module docstring)."""
 
     name = "llava"
-    #: grounded-final checks the loop runs for this planner (evidence cited, count cross-check)
-    final_checks = GROUNDING_CHECKS
 
     def __init__(self, config: Any, pool: Any = None, fmt: str | None = None) -> None:
-        from agent.context import Models
-        from agent.pool import ModelPool
+        from visagent.context import Models
+        from visagent.pool import ModelPool
 
         self.config = config
         self.pool = pool if pool is not None else ModelPool(config.pool.budget_bytes)
         self.models = Models(config, self.pool)
         pc = config.planner
-        extra = pc.model_extra or {}
-        self.format = fmt or str(extra.get("format", "json"))
+        opts = pc.llava()
+        self.format = fmt or opts.format
         if self.format not in ("json", "llava_plus"):
             raise UsageError(f"planner.format must be json or llava_plus, got '{self.format}'")
-        self.options = PromptOptions(
-            examples=bool(extra.get("examples", True)),
-            max_images=int(extra.get("max_images", 4)),
-        )
-        self.limits = SchemaLimits(charset=str(extra.get("charset", "ascii")))
+        self.options = PromptOptions(examples=opts.examples, max_images=opts.max_images)
+        self.limits = SchemaLimits(charset=opts.charset)
         self.constrained = bool(pc.constrained) and self.format == "json"
         #: e.g. "static": a static KV cache, with which transformers compiles the decode step
-        self.cache_implementation = extra.get("cache_implementation")
+        self.cache_implementation = opts.cache_implementation
         #: timings of the last step in ms: prompt, generate, parse (for benchmarks)
         self.last_timings: dict[str, float] = {}
         self.name = f"llava:{config.model(FAMILY).checkpoint}"
@@ -186,11 +150,10 @@ class LlavaPlanner:
                 gen.update(temperature=None, top_p=None, top_k=None)
             schema = None
             if self.constrained:
-                ids = known_ids(state)
-                allow_final, require_evidence = final_rules(state, ids)
+                allow_final, require_evidence = final_rules(state, state.citable)
                 schema = action_schema(
                     state.tools,
-                    known_ids=ids,
+                    known_ids=state.citable,
                     allow_final=allow_final or not state.tools,
                     require_evidence=require_evidence,
                     media={
@@ -210,7 +173,7 @@ class LlavaPlanner:
             sizes = {m.id: (m.width, m.height) for m in state.media if m.kind == "image"}
         try:
             if self.format == "llava_plus":
-                from agent.planners.llava_plus import parse_llava_plus
+                from visagent.planners.llava_plus import parse_llava_plus
 
                 decision = parse_llava_plus(raw, sizes=sizes, image=next(iter(sizes), "img_0"))
             else:

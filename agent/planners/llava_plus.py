@@ -41,9 +41,10 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from agent.errors import PlannerOutputError
-from agent.planners.parsing import register_format
-from agent.types import Action, Final
+from visagent import ids
+from visagent.errors import PlannerOutputError
+from visagent.planners.parsing import register_format
+from visagent.types import Action, Final
 
 _SIZES: contextvars.ContextVar[Mapping[str, tuple[int, int]] | None] = contextvars.ContextVar("llava_plus_sizes", default=None)
 
@@ -54,7 +55,6 @@ _MARK = {
     "value": re.compile(_Q + r"\s*value\s*(?:\U0001f449)?\s*" + _Q, re.I),
 }
 _MEDIA_RE = re.compile(r"^(img|vid)_\d+$")
-_ID_RE = re.compile(r"\b(?:(?:det|mask|ocr)_\d+_\d+|obs_\d+)\b")
 
 
 @contextlib.contextmanager
@@ -208,7 +208,7 @@ def parse_llava_plus(
         value = sections["value"].strip().strip("\"'")
         if not value:
             raise PlannerOutputError("llava_plus: an empty action list needs a value👉 answer", raw=text)
-        return Final(answer=value, evidence=list(dict.fromkeys(_ID_RE.findall(value))), thought=thought)
+        return Final(answer=value, evidence=list(dict.fromkeys(ids.citable_in_text_re().findall(value))), thought=thought)
     first = actions[0]
     if not isinstance(first, Mapping):
         raise PlannerOutputError("llava_plus: each action must be an object {API_name, API_params}", raw=text)

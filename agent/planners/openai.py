@@ -6,7 +6,7 @@ Configuration (``config.planner``): ``base_url`` (or ``$OPENAI_BASE_URL``; e.g.
 ``http://127.0.0.1:11434/v1`` for Ollama), ``model`` (or ``$VISAGENT_OPENAI_MODEL``), the API key
 from the environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``; local servers
 accept any, ``EMPTY`` is sent when unset), ``max_new_tokens``, ``temperature``, ``top_p``,
-``seed``, and extra keys ``tool_calling`` (``auto`` | ``true`` | ``false``), ``timeout`` (s),
+``seed``, and the options of ``config.ChatOptions``: ``tool_calling`` (``auto`` | ``true`` | ``false``), ``timeout`` (s),
 ``context_tokens`` (32768: the prompt budget, estimated at 4 characters per token and
 ``image_tokens`` (600) per image), ``max_images`` (4).
 
@@ -24,12 +24,11 @@ import logging
 import os
 from typing import Any
 
-from agent.errors import PlannerOutputError, RunError, UsageError
-from agent.planners import register_planner
-from agent.planners.base import PlannerState
-from agent.planners.grounding import default_checks
-from agent.planners.llava import parse_json_text
-from agent.planners.prompting import (
+from visagent.errors import PlannerOutputError, RunError, UsageError
+from visagent.planners import register_planner
+from visagent.planners.base import PlannerState
+from visagent.planners.llava import parse_json_text
+from visagent.planners.prompting import (
     Message,
     PromptOptions,
     decision_from_call,
@@ -38,7 +37,7 @@ from agent.planners.prompting import (
     function_specs,
     image_data_url,
 )
-from agent.types import PlannerReply
+from visagent.types import PlannerReply
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +59,25 @@ def to_openai_messages(messages: list[Message], image: Any) -> list[dict[str, An
     return out
 
 
-GROUNDING_CHECKS = default_checks()
 
 
 class OpenAIPlanner:
     """A planner over an OpenAI-compatible ``/chat/completions`` endpoint."""
 
     name = "openai"
-    #: grounded-final checks the loop runs for this planner (evidence cited, count cross-check)
-    final_checks = GROUNDING_CHECKS
 
     def __init__(self, config: Any, client: Any = None) -> None:
         pc = config.planner
-        extra = pc.model_extra or {}
+        opts = pc.chat()
         self.config = config
         self.model = pc.model or os.environ.get("VISAGENT_OPENAI_MODEL")
         if not self.model:
             raise UsageError("planner 'openai' needs a model: set planner.model in the config or VISAGENT_OPENAI_MODEL")
-        mode = str(extra.get("tool_calling", "auto")).lower()
-        if mode not in {"auto", "true", "false"}:
-            raise UsageError(f"planner.tool_calling must be auto, true or false, got '{mode}'")
-        self.tool_calling = mode
+        self.tool_calling = "auto" if opts.tool_calling == "auto" else str(bool(opts.tool_calling)).lower()
         self._tools_rejected = False
-        self.options = PromptOptions(examples=bool(extra.get("examples", True)), max_images=int(extra.get("max_images", 4)))
-        self.context_tokens = int(extra.get("context_tokens", 32768))
-        self.image_tokens = int(extra.get("image_tokens", 600))
+        self.options = PromptOptions(examples=opts.examples, max_images=opts.max_images)
+        self.context_tokens = opts.context_tokens
+        self.image_tokens = opts.image_tokens
         if client is None:
             try:
                 from openai import OpenAI
@@ -94,8 +87,8 @@ class OpenAIPlanner:
             client = OpenAI(
                 base_url=base_url,
                 api_key=os.environ.get(pc.api_key_env) or "EMPTY",
-                timeout=float(extra.get("timeout", 120)),
-                max_retries=int(extra.get("max_retries", 1)),
+                timeout=opts.timeout,
+                max_retries=opts.max_retries,
             )
         self.client = client
         self.name = f"openai:{self.model}"

@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import PlannerOutputError
-from agent.types import Action, Final
+from visagent.errors import PlannerOutputError
+from visagent.types import Action, Final
 
 _FORMATS: dict[str, Callable[[str], Action | Final]] = {}
 

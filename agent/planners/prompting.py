@@ -25,36 +25,33 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import RunError, UsageError
-from agent.planners.base import PlannerState
-from agent.types import Action, ErrorStep, Final, NoteStep, PlannerStep, ToolStep
+from visagent import ids
+from visagent.errors import RunError, UsageError
+from visagent.planners.base import PlannerState
+from visagent.types import Action, ErrorStep, Final, NoteStep, PlannerStep, ToolStep
 
 Message = dict[str, Any]
 
-_ID_RE = re.compile(r"\b(?:det|mask|ocr)_\d+_\d+\b")
 MAX_LEVEL = 4
 
 
 def prompts_dir() -> Path:
-    """``$VISAGENT_PROMPTS_DIR``, else the source tree's ``prompts/`` folder (editable installs),
-    else ``<prefix>/share/visagent/prompts`` (where a wheel installs them)."""
-    import sys
-
+    """``$VISAGENT_PROMPTS_DIR``, else the templates shipped as package data (``visagent.prompts``)."""
     env = os.environ.get("VISAGENT_PROMPTS_DIR")
     if env:
-        candidates = [Path(env)]
+        folder = Path(env)
     else:
-        candidates = [Path(__file__).resolve().parents[2] / "prompts", Path(sys.prefix) / "share" / "visagent" / "prompts"]
-    for folder in candidates:
-        if (folder / "system.j2").is_file():
-            return folder
-    raise UsageError(f"planner prompt templates not found in {candidates[0]} (set VISAGENT_PROMPTS_DIR)")
+        from importlib.resources import files
+
+        folder = Path(str(files("visagent.prompts")))
+    if not (folder / "system.j2").is_file():
+        raise UsageError(f"planner prompt templates not found in {folder} (set VISAGENT_PROMPTS_DIR)")
+    return folder
 
 
 @functools.lru_cache(maxsize=8)
@@ -178,8 +175,8 @@ def _history(state: PlannerState, level: int) -> list[dict[str, Any]]:
 def _observation(step: ToolStep, level: int, recent: bool, options: PromptOptions) -> str:
     text = step.observation
     if level >= 2 and (not recent or level >= MAX_LEVEL):
-        ids = list(dict.fromkeys(_ID_RE.findall(text)))
-        text = "[shortened to fit the context]" + (f" ids: {', '.join(ids)}" if ids else "")
+        kept = list(dict.fromkeys(ids.region_in_text_re().findall(text)))
+        text = "[shortened to fit the context]" + (f" ids: {', '.join(kept)}" if kept else "")
     elif level >= 1 and not recent and len(text) > options.clip_chars:
         text = text[: options.clip_chars].rstrip() + " …"
     return render("observation.j2", kind="tool", call=step.call, tool=step.tool, text=text)
@@ -327,7 +324,7 @@ def function_specs(tools: dict[str, Any]) -> list[dict[str, Any]]:
 
 def decision_from_call(name: str, args: Any, thought: str = "", raw: str = "") -> Action | Final:
     """A native tool call (name + arguments dict or JSON text) -> Action / Final."""
-    from agent.errors import PlannerOutputError
+    from visagent.errors import PlannerOutputError
 
     if isinstance(args, str):
         try:

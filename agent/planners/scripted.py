@@ -14,11 +14,10 @@ from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
-
-from agent.errors import PlannerOutputError, RunError, UsageError
-from agent.planners.base import PlannerState
-from agent.planners.parsing import decision_from_dict, parse_action
-from agent.types import Action, Decision, Final, PlannerReply
+from visagent.errors import PlannerOutputError, RunError, UsageError
+from visagent.planners.base import PlannerState
+from visagent.planners.parsing import decision_from_dict, parse_action
+from visagent.types import Action, Decision, ErrorStep, Final, PlannerReply
 
 _decision = TypeAdapter(Decision)
 
@@ -61,7 +60,11 @@ def load_plan(path: str | Path) -> list[Action | Final]:
 
 
 class ScriptedPlanner:
-    """Returns the plan's steps in order, whatever the observations. Running out is a run error."""
+    """Returns the plan's steps in order, whatever the observations. Running out is a run error.
+
+    When the grounding policy sends a final back for citing nothing (code ``no_evidence``), the
+    plan's next step follows (e.g. a revised final); a plan that has none submits the same final
+    again, which the policy then accepts with a warning."""
 
     name = "script"
 
@@ -81,6 +84,10 @@ class ScriptedPlanner:
         return twin
 
     def next(self, state: PlannerState) -> PlannerReply:
+        last = state.steps[-1] if state.steps else None
+        if isinstance(last, ErrorStep) and last.code == "no_evidence" and self._pos == len(self.plan) and isinstance(self.plan[-1], Final):
+            decision = self.plan[-1]
+            return PlannerReply(decision=decision, raw=decision.model_dump_json())
         with self._lock:
             if self._pos >= len(self.plan):
                 raise RunError(f"the scripted plan ran out after {len(self.plan)} steps without a final answer")

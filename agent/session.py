@@ -1,0 +1,202 @@
+"""Session: what lives across the turns of a conversation and the calls of a tool session.
+
+A ``Session`` owns
+
+- the media store: ids (``img_0``), images tools added (video frames), per-image caches (a SAM
+  image embedding is computed once per session);
+- the region registry: every region id produced so far, with the tool, call and observation
+  that produced it, so a later call can take ``det_1_0`` as input and a final answer may cite it;
+- call numbering: tool-call numbers continue across turns (turn 2's first call is ``det_3_0`` if
+  turn 1 made two calls); a failed call takes no number;
+- turns and history: each finished turn's ``{question, answer, evidence, regions}`` and Answer.
+
+``Agent.ask`` runs in a fresh session; ``Agent.chat`` / ``Conversation``, scenario turns, the
+LangChain tool session and the HTTP server keep one. ``snapshot()`` is what a turn's trace
+records about the session at the turn's start (``RunMeta.session``), so ``visagent replay`` can
+rebuild it and reproduce any turn of a chat.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from visagent import ids
+from visagent.errors import MediaError, ToolError
+from visagent.media import MediaStore
+from visagent.types import Answer, SessionState, ToolStep
+
+if TYPE_CHECKING:  # pragma: no cover
+    from visagent.config import Config
+    from visagent.context import CallContext, Models
+    from visagent.pool import ModelPool
+    from visagent.tools.base import Region
+
+
+@dataclass
+class RegionRecord:
+    """A registered region. ``step``: index of its tool step in the trace of the turn that made it,
+    -1 once that turn is over (seen from a later turn); ``observation``: that step's observation."""
+
+    region: "Region"
+    tool: str
+    step: int
+    call: int
+    observation: str = ""
+
+
+def _region_class(name: str) -> type:
+    """The Region subclass called ``name`` (Detection, Mask, ...), else Region itself."""
+    from visagent.tools.base import Region
+
+    todo = [Region]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return Region
+
+
+class Session:
+    """Media, regions, call numbers and history shared by runs and calls (see module docstring)."""
+
+    def __init__(
+        self,
+        config: "Config",
+        pool: "ModelPool | None" = None,
+        media: Sequence[Any] | MediaStore = (),
+    ) -> None:
+        from visagent.context import Models
+        from visagent.pool import ModelPool
+
+        self.config = config
+        self.models: Models = Models(config, pool or ModelPool(config.pool.budget_bytes))
+        limits = config.limits
+        if isinstance(media, MediaStore):
+            self.media = media
+        else:
+            self.media = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
+        self.regions: dict[str, RegionRecord] = {}
+        self.calls = 0  # the last call number handed out
+        self.history: list[dict[str, Any]] = []
+        self.answers: list[Answer] = []
+        self._sources: dict[str, str] = {}
+        self.lock = threading.RLock()
+        if not isinstance(media, MediaStore):
+            for source in media:  # bad media fail here, before anything runs
+                self.add_media(source)
+
+    # -- media --------------------------------------------------------------------------------
+    def add_media(self, source: Any) -> str:
+        """Register an image / video (path, ``sample:NAME``, URL, PIL image, array, bytes); returns its
+        id. The same path or sample name given twice gets the same id."""
+        with self.lock:
+            key = source if isinstance(source, str) else None
+            if key is not None and key in self._sources:
+                return self._sources[key]
+            media_id = self.media.add(source)
+            if key is not None:
+                self._sources[key] = media_id
+            return media_id
+
+    def media_id(self, value: str) -> str:
+        """A known media id, or ``MediaError`` listing the known ones."""
+        if value in self.media:
+            return value
+        known = ", ".join(self.media.ids()) or "none yet"
+        raise MediaError(f"unknown media id '{value}'; known: {known}")
+
+    # -- calls and regions --------------------------------------------------------------------
+    def next_call(self) -> int:
+        with self.lock:
+            self.calls += 1
+            return self.calls
+
+    def release_call(self, call: int) -> None:
+        """A failed call gives its number back (ids stay dense) when no later call took one."""
+        with self.lock:
+            if self.calls == call:
+                self.calls -= 1
+
+    def open_call(self, progress: Any = None) -> "CallContext":
+        """The context for one direct tool call (``tool.run(inp, ctx)``) with the next call number."""
+        from visagent.context import CallContext
+
+        return CallContext(self, self.models, self.next_call(), progress)
+
+    def record(self, regions: "Sequence[Region]", tool: str, step: int, call: int, observation: str = "") -> None:
+        with self.lock:
+            for region in regions:
+                self.regions[region.id] = RegionRecord(region, tool, step, call, observation)
+
+    def region(self, region_id: str) -> "Region":
+        record = self.regions.get(region_id)
+        if record is None:
+            hint = "" if ids.REGION_SHAPE_RE.match(str(region_id)) else " (region ids look like det_2_0)"
+            known = ", ".join(list(self.regions)[:20]) or "none yet"
+            raise ToolError(f"unknown region id '{region_id}'{hint}; known: {known}")
+        return record.region
+
+    # -- turns --------------------------------------------------------------------------------
+    def snapshot(self) -> SessionState | None:
+        """What a turn's trace records of the session at its start (None for a fresh session)."""
+        with self.lock:
+            if not self.calls and not self.history and not self.regions:
+                return None
+            return SessionState(
+                calls=self.calls,
+                history=[dict(h) for h in self.history],
+                regions=[
+                    {
+                        "id": rid,
+                        "tool": r.tool,
+                        "call": r.call,
+                        "observation": r.observation,
+                        "type": type(r.region).__name__,
+                        "region": r.region.model_dump(mode="json"),
+                    }
+                    for rid, r in self.regions.items()
+                ],
+            )
+
+    def restore(self, state: SessionState | None) -> None:
+        """Take over a recorded ``snapshot()`` (replay of a later turn)."""
+        if state is None:
+            return
+        with self.lock:
+            self.calls = state.calls
+            self.history = [dict(h) for h in state.history]
+            for item in state.regions:
+                cls = _region_class(str(item.get("type", "Region")))
+                region = cls.model_validate(item["region"])
+                self.regions[item["id"]] = RegionRecord(region, item["tool"], -1, int(item["call"]), item.get("observation", ""))
+
+    def end_turn(self, question: str, steps: Sequence[Any], answer: Answer, first_new_call: int) -> None:
+        """Keep a finished turn: its regions stay citable (``step = -1`` from now on), its
+        question / answer / evidence join the history."""
+        with self.lock:
+            for ev in answer.evidence:  # evidence from an earlier turn: its observation is the session's
+                if ev.step == -1 and not ev.observation:
+                    record = self.regions.get(ev.id)
+                    ev.observation = record.observation if record else ""
+            new_regions = []
+            for rid, record in list(self.regions.items()):
+                if record.step < 0:
+                    continue
+                step = steps[record.step] if record.step < len(steps) else None
+                observation = step.observation if isinstance(step, ToolStep) else record.observation
+                self.regions[rid] = replace(record, step=-1, observation=observation)
+                if record.call > first_new_call - 1:
+                    new_regions.append(rid)
+            self.history.append(
+                {
+                    "question": question,
+                    "answer": answer.answer if answer.ok else f"(no answer: {answer.error})",
+                    "evidence": [e.id for e in answer.evidence if e.kind == "region"],
+                    "regions": new_regions,
+                }
+            )
+            self.answers.append(answer)

@@ -1,0 +1,1 @@
+"""Planner prompt templates (Jinja): package data, read with importlib.resources."""
