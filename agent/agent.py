@@ -26,7 +26,7 @@ from visagent.grounding import FinalCheck, GroundingPolicy
 from visagent.planners import Planner, PlannerState, make_planner
 from visagent.pool import ModelPool
 from visagent.runner import ToolRunner, format_validation_error
-from visagent.session import Session
+from visagent.session import Session, session_property
 from visagent.tools.base import Tool
 from visagent.trace import TraceWriter
 from visagent.types import (
@@ -121,13 +121,8 @@ class RunStream:
         self._seen: dict[str, ToolStep] = {}
         self.step_number = 0
 
-    @property
-    def media(self) -> Any:
-        return self.session.media
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.session.history
+    media = session_property("media")
+    history = session_property("history")
 
     @property
     def warnings(self) -> list[str]:

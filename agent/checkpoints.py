@@ -33,7 +33,9 @@ def ensure_tiny(name: str, backend: str, cache_dir: Path) -> Path:
     from visagent.registry import load_model_modules
     from visagent.tools.models import tiny_builder, tiny_builders
 
-    load_model_modules()  # modules register their builders on import
+    import visagent.tools.tiny  # noqa: F401  registers the built-in builders
+
+    load_model_modules()  # plugins may register builders too
     builder = tiny_builder(name, backend)
     if builder is None:
         known = sorted({n for n, _ in tiny_builders()})

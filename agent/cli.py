@@ -176,14 +176,7 @@ def _print_answer(answer: Any) -> None:
     if answer.evidence:
         out.print("evidence:")
         for ev in answer.evidence:
-            if ev.region:
-                r = ev.region
-                box = ", ".join(f"{v:.0f}" for v in r.get("box", []))
-                score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
-                label = f" {r['label']!r}" if r.get("label") else ""
-                out.print(f"  {ev.id}  {ev.tool} (step {ev.step}){label}{score} box [{box}] on {r.get('image')}")
-            else:
-                out.print(f"  {ev.id}  {ev.tool} (step {ev.step}): {ev.observation}")
+            out.print(f"  {ev.describe()}", markup=False, highlight=False)
     n_tools = len(answer.trace.tool_steps())
     n_steps = len(answer.trace.steps)
     counts = f"{n_steps} step{'s' * (n_steps != 1)}, {n_tools} tool call{'s' * (n_tools != 1)}"

@@ -26,29 +26,20 @@ from visagent.errors import UsageError
 
 PROFILES = ("default", "tiny")
 
-#: real checkpoints per model family (see MODEL_FACTS.md in the design notes)
-DEFAULT_MODELS: dict[str, dict[str, Any]] = {
-    "planner": {"checkpoint": "llava-hf/llava-1.5-7b-hf"},
-    "caption": {"checkpoint": "Salesforce/blip-image-captioning-large"},
-    "vqa": {"checkpoint": "Salesforce/blip-vqa-base"},
-    "detect": {"checkpoint": "IDEA-Research/grounding-dino-tiny"},
-    "segment": {"checkpoint": "facebook/sam-vit-base"},
-    "search": {"checkpoint": "openai/clip-vit-large-patch14"},
-    "video": {"checkpoint": "LanguageBind/Video-LLaVA-7B-hf"},
-    "ocr": {"checkpoint": "builtin", "backend": "rapidocr"},
+#: per model family: the real checkpoint (see MODEL_FACTS.md in the design notes) and the tiny random
+#: checkpoint of the same architecture (``tiny:NAME`` is built on first use); OCR ships its weights
+_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "planner": ("llava-hf/llava-1.5-7b-hf", "tiny:llava"),
+    "caption": ("Salesforce/blip-image-captioning-large", "tiny:blip"),
+    "vqa": ("Salesforce/blip-vqa-base", "tiny:blip-vqa"),
+    "detect": ("IDEA-Research/grounding-dino-tiny", "tiny:grounding-dino"),
+    "segment": ("facebook/sam-vit-base", "tiny:sam"),
+    "search": ("openai/clip-vit-large-patch14", "tiny:clip"),
+    "video": ("LanguageBind/Video-LLaVA-7B-hf", "tiny:video-llava"),
 }
-
-#: tiny random checkpoints of the same architectures (``tiny:NAME`` is built on first use)
-TINY_MODELS: dict[str, dict[str, Any]] = {
-    "planner": {"checkpoint": "tiny:llava"},
-    "caption": {"checkpoint": "tiny:blip"},
-    "vqa": {"checkpoint": "tiny:blip-vqa"},
-    "detect": {"checkpoint": "tiny:grounding-dino"},
-    "segment": {"checkpoint": "tiny:sam"},
-    "search": {"checkpoint": "tiny:clip"},
-    "video": {"checkpoint": "tiny:video-llava"},
-    "ocr": {"checkpoint": "builtin", "backend": "rapidocr"},
-}
+_BUILTIN = {"ocr": {"checkpoint": "builtin", "backend": "rapidocr"}}
+DEFAULT_MODELS: dict[str, dict[str, Any]] = {f: {"checkpoint": real} for f, (real, _) in _CHECKPOINTS.items()} | _BUILTIN
+TINY_MODELS: dict[str, dict[str, Any]] = {f: {"checkpoint": tiny} for f, (_, tiny) in _CHECKPOINTS.items()} | _BUILTIN
 
 
 class ModelConfig(BaseModel):

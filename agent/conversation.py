@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visagent.session import RegionRecord, Session
+from visagent.session import Session, session_property
 from visagent.types import Answer
 
 
@@ -36,25 +36,11 @@ class Conversation:
             for source in media:
                 self.session.add_media(source)
 
-    @property
-    def media(self) -> Any:
-        return self.session.media
-
-    @property
-    def turns(self) -> list[dict[str, Any]]:
-        return self.session.history
-
-    @property
-    def answers(self) -> list[Answer]:
-        return self.session.answers
-
-    @property
-    def regions(self) -> dict[str, RegionRecord]:
-        return self.session.regions
-
-    @property
-    def calls(self) -> int:
-        return self.session.calls
+    media = session_property("media")
+    turns = session_property("history", "Each finished turn's ``{question, answer, evidence, regions}``.")
+    answers = session_property("answers")
+    regions = session_property("regions", "Every region id so far -> its ``RegionRecord`` (``step = -1``: an earlier turn).")
+    calls = session_property("calls", "The last tool-call number used.")
 
     def add_media(self, source: Any) -> str:
         """Add an image / video for the following turns; returns its id."""

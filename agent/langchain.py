@@ -163,15 +163,7 @@ def format_answer(answer: "Answer") -> str:
     lines = [answer.answer]
     if answer.evidence:
         lines.append("evidence:")
-        for ev in answer.evidence:
-            if ev.region:
-                r = ev.region
-                box = ", ".join(f"{v:.0f}" for v in r.get("box", []))
-                label = f" {r['label']!r}" if r.get("label") else ""
-                score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
-                lines.append(f"- {ev.id} ({ev.tool}, {r.get('image', '')}){label}{score} box [{box}]")
-            else:
-                lines.append(f"- {ev.id} ({ev.tool}): {ev.observation}")
+        lines += [f"- {ev.describe()}" for ev in answer.evidence]
     return "\n".join(lines)
 
 

@@ -60,6 +60,11 @@ def _region_class(name: str) -> type:
     return Region
 
 
+def session_property(name: str, doc: str = "") -> Any:
+    """A read-only property that forwards to ``self.session.<name>`` (for objects built on a session)."""
+    return property(lambda self: getattr(self.session, name), doc=doc or f"The session's ``{name}``.")
+
+
 class Session:
     """Media, regions, call numbers and history shared by runs and calls (see module docstring)."""
 

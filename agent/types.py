@@ -193,6 +193,17 @@ class Evidence(BaseModel):
     region: dict[str, Any] | None = None
     observation: str = ""
 
+    def describe(self) -> str:
+        """One line: ``det_1_0 (detect, img_0) 'cup' score 0.91 box [10, 20, 110, 140]`` for a region
+        (label and score when known), ``obs_2 (ocr): <observation>`` for an observation."""
+        if not self.region:
+            return f"{self.id} ({self.tool}): {self.observation}"
+        r = self.region
+        box = ", ".join(f"{v:.0f}" for v in r.get("box", []))
+        label = f" {r['label']!r}" if r.get("label") else ""
+        score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
+        return f"{self.id} ({self.tool}, {r.get('image', '')}){label}{score} box [{box}]"
+
 
 class Answer(BaseModel):
     """The grounded answer. ``status``: answered, max_steps (no final answer in budget) or failed."""

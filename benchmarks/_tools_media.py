@@ -130,12 +130,12 @@ def _full_clip(folder: Path) -> str:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from visagent.tools._tiny_text import byte_level_tokenizer
+    from visagent.tools.tiny.text import tiny_tokenizer
 
     torch.manual_seed(0)
     target = folder / "clip-vit-b32-random"
     CLIPModel(CLIPConfig()).save_pretrained(target)
-    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=byte_level_tokenizer(model_max_length=77)).save_pretrained(target)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tiny_tokenizer("bpe", model_max_length=77)).save_pretrained(target)
     return str(target)
 
 

@@ -27,7 +27,7 @@ from tests.fakes import Noop
 
 def planner_for(n: int) -> FunctionPlanner:
     replies = [PlannerReply(decision=Action(tool="noop", args={"i": i})) for i in range(n)]
-    replies.append(PlannerReply(decision=Final(answer="done", evidence=[])))
+    replies.append(PlannerReply(decision=Final(answer="done", evidence=[f"obs_{n}"] if n else [])))
     it = iter(replies)
     return FunctionPlanner(lambda state: next(it))
 

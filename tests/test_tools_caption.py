@@ -134,6 +134,6 @@ def test_max_new_tokens_option(tiny_config, shared_pool):
         "q", ["sample:chelsea"]
     )
     (cap,) = tool_steps(ans)
-    from visagent.tools.caption import tiny_bert_tokenizer
+    from visagent.tools.tiny.text import tiny_tokenizer
 
-    assert len(tiny_bert_tokenizer()(cap.output["caption"], add_special_tokens=False).input_ids) <= 3
+    assert len(tiny_tokenizer("wordpiece")(cap.output["caption"], add_special_tokens=False).input_ids) <= 3

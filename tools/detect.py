@@ -33,7 +33,8 @@ config's ``image_size`` / ``max_size``, else 800 / 1333), ``weights_only`` (true
 ``count``: detection of one label, then non-maximum suppression (``torchvision.ops.nms``, IoU
 ``nms_iou``), then the number of kept boxes.
 
-Tiny random checkpoints: ``tiny:grounding-dino`` (both backends) and ``tiny:owlv2``.
+Tiny random checkpoints (``visagent.tools.tiny.detect``): ``tiny:grounding-dino`` (both backends)
+and ``tiny:owlv2``.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field, field_validator
 from visagent.errors import ToolError
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
-from visagent.tools.models import checked_config, register_loader, register_tiny
+from visagent.tools.models import autocast, checked_config, register_loader, to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -253,101 +254,62 @@ def plan_chunks(tokenizer: Any, labels: list[str], max_len: int) -> list[Chunk]:
     return chunks
 
 
-@dataclass
-class DetectorBundle:
-    """A loaded open-vocabulary detector. ``detect(image, labels, box_threshold, text_threshold)``
-    -> ``list[RawDetection]`` best first. ``kind``: ``grounding-dino`` or ``owlv2``; ``backend``:
-    ``transformers`` or ``official``; ``max_text_len``: text tokens per caption."""
+class Detector(Protocol):
+    """What the detect tools need of a loaded open-vocabulary detector (one class per backend)."""
 
-    backend: str
-    kind: str
+    backend: str  # "transformers" or "official"
+    kind: str  # "grounding-dino" or "owlv2"
+    checkpoint: str
+    forwards: int  # model forward passes (batches) so far
+
+    def detect(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
+        """Detections of ``labels`` in ``image``, best first, at most ``options.max_detections``."""
+        ...
+
+
+@dataclass
+class _DetectorBase:
     model: Any
-    processor: Any = None  # transformers processor (None for official)
     tokenizer: Any = None
     device: str = "cpu"
     dtype: Any = None
     checkpoint: str = ""
-    max_text_len: int = 256
-    image_size: int = OFFICIAL_SIZE
-    max_size: int = OFFICIAL_MAX_SIZE
     options: dict[str, Any] = field(default_factory=dict)
-    forwards: int = 0  # model forward passes (batches) so far
+    forwards: int = 0
+    backend: ClassVar[str] = "transformers"
+    kind: ClassVar[str] = ""
 
     @property
     def max_detections(self) -> int:
         return int(self.options.get("max_detections", DEFAULT_MAX_DETECTIONS))
 
-    def detect(
-        self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float
-    ) -> list[RawDetection]:
+    def detect(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
         import torch
 
         image = image.convert("RGB")
-        with torch.inference_mode(), self._autocast():
-            if self.kind == "owlv2":
-                found = self._detect_owlv2(image, labels, box_threshold)
-            else:
-                found = self._detect_grounding(image, labels, box_threshold, text_threshold)
+        with torch.inference_mode(), autocast(self.device, self.dtype, enabled=self.backend == "official"):
+            found = self._find(image, labels, box_threshold, text_threshold)
         found.sort(key=lambda d: -d.score)
         return found[: self.max_detections]
 
-    def _autocast(self) -> Any:
-        import contextlib
+    def _find(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
+        raise NotImplementedError
 
-        import torch
 
-        if self.backend == "official" and self.dtype in (torch.float16, torch.bfloat16):
-            return torch.autocast(device_type=torch.device(self.device).type, dtype=self.dtype)
-        return contextlib.nullcontext()
+@dataclass
+class _GroundingDino(_DetectorBase):
+    """Grounding DINO: labels joined into captions (``plan_chunks``), one batched forward per image;
+    ``max_text_len``: text tokens per caption."""
 
-    # -- Grounding DINO (both backends) ------------------------------------------------------
+    max_text_len: int = 256
+    kind: ClassVar[str] = "grounding-dino"
+
     def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """One batched forward of ``image`` with each caption. Returns (probs (B, Q, T) float32,
         boxes (B, Q, 4) normalized cxcywh float32, input_ids (B, T') as the model tokenized them)."""
+        raise NotImplementedError
 
-        self.forwards += 1
-        if self.backend == "official":
-            pixels = self._official_pixels(image).to(self.device)
-            if self.dtype is not None and not self._autocast_active():
-                pixels = pixels.to(self.dtype)
-            batch = pixels[None].expand(len(captions), -1, -1, -1)
-            out = self.model(batch, captions=captions)
-            logits, boxes = out["pred_logits"], out["pred_boxes"]
-            input_ids = self.tokenizer(captions, padding="longest", return_tensors="pt")["input_ids"]
-        else:
-            inputs = self.processor(
-                images=[image] * len(captions), text=captions, padding="longest", return_tensors="pt"
-            )
-            moved = {
-                k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                for k, v in inputs.items()
-            }
-            out = self.model(**moved)
-            logits, boxes = out.logits, out.pred_boxes
-            input_ids = inputs["input_ids"]
-        return logits.float().sigmoid().cpu(), boxes.float().cpu(), input_ids.cpu()
-
-    def _autocast_active(self) -> bool:
-        import torch
-
-        return self.backend == "official" and self.dtype in (torch.float16, torch.bfloat16)
-
-    def _official_pixels(self, image: "Image.Image") -> "torch.Tensor":
-        import groundingdino.datasets.transforms as T
-
-        transform = T.Compose(
-            [
-                T.RandomResize([self.image_size], max_size=self.max_size),
-                T.ToTensor(),
-                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
-        pixels, _ = transform(image, None)
-        return pixels
-
-    def _detect_grounding(
-        self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float
-    ) -> list[RawDetection]:
+    def _find(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
         chunks = plan_chunks(self.tokenizer, labels, self.max_text_len)
         probs, boxes, input_ids = self.grounding_forward(image, [c.caption for c in chunks])
         width, height = image.size
@@ -365,17 +327,59 @@ class DetectorBundle:
                 found.append(RawDetection(name, [round(v, 2) for v in box], float(score)))
         return found
 
-    # -- OWLv2 -------------------------------------------------------------------------------
-    def _detect_owlv2(self, image: "Image.Image", labels: list[str], box_threshold: float) -> list[RawDetection]:
+
+@dataclass
+class GroundingDinoTransformers(_GroundingDino):
+    """transformers' ``GroundingDinoForObjectDetection`` with its processor."""
+
+    processor: Any = None
+
+    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        self.forwards += 1
+        inputs = self.processor(images=[image] * len(captions), text=captions, padding="longest", return_tensors="pt")
+        out = self.model(**to_device(inputs, self.device, self.dtype))
+        return out.logits.float().sigmoid().cpu(), out.pred_boxes.float().cpu(), inputs["input_ids"].cpu()
+
+
+@dataclass
+class GroundingDinoOfficial(_GroundingDino):
+    """The official groundingdino model (its own transforms; float32 weights under autocast)."""
+
+    image_size: int = OFFICIAL_SIZE
+    max_size: int = OFFICIAL_MAX_SIZE
+    backend: ClassVar[str] = "official"
+
+    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        self.forwards += 1
+        batch = self._official_pixels(image).to(self.device)[None].expand(len(captions), -1, -1, -1)
+        out = self.model(batch, captions=captions)
+        input_ids = self.tokenizer(captions, padding="longest", return_tensors="pt")["input_ids"]
+        return out["pred_logits"].float().sigmoid().cpu(), out["pred_boxes"].float().cpu(), input_ids.cpu()
+
+    def _official_pixels(self, image: "Image.Image") -> "torch.Tensor":
+        import groundingdino.datasets.transforms as T
+
+        transform = T.Compose(
+            [T.RandomResize([self.image_size], max_size=self.max_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        )
+        pixels, _ = transform(image, None)
+        return pixels
+
+
+@dataclass
+class Owlv2Detector(_DetectorBase):
+    """transformers' ``Owlv2ForObjectDetection``: every label scored per image patch."""
+
+    processor: Any = None
+    kind: ClassVar[str] = "owlv2"
+
+    def _find(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
         self.forwards += 1
         max_len = int(self.model.config.text_config.max_position_embeddings)
         inputs = self.processor(
             text=[labels], images=image, return_tensors="pt", padding="max_length", truncation=True, max_length=max_len
         )
-        moved = {
-            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()
-        }
-        out = self.model(**moved)
+        out = self.model(**to_device(inputs, self.device, self.dtype))
         probs = out.logits[0].float().sigmoid().cpu()  # (patches, labels)
         scores, best = probs.max(dim=1)
         keep = (scores > box_threshold).nonzero().flatten()
@@ -390,7 +394,7 @@ class DetectorBundle:
 
 # -- loaders ---------------------------------------------------------------------------------
 @register_loader(FAMILY, "transformers")
-def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> DetectorBundle:
+def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> Detector:
     """Load a transformers Grounding DINO / OWLv2 checkpoint (Hub id or folder); the architecture
     comes from the checkpoint's ``config.json`` ``model_type``."""
     import transformers
@@ -402,11 +406,11 @@ def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[st
     model_cls = getattr(transformers, classes[kind])
     model = model_cls.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
+    common = dict(model=model, tokenizer=processor.tokenizer, device=device, dtype=dtype, checkpoint=checkpoint, options=dict(options))
+    if kind == "owlv2":
+        return Owlv2Detector(**common, processor=processor)
     max_text_len = _text_limit(int(getattr(config, "max_text_len", 256)), options)
-    return DetectorBundle(
-        "transformers", kind, model, processor, processor.tokenizer, device, dtype, checkpoint, max_text_len,
-        options=dict(options),
-    )
+    return GroundingDinoTransformers(**common, max_text_len=max_text_len, processor=processor)
 
 
 def _text_limit(model_limit: int, options: dict[str, Any]) -> int:
@@ -480,7 +484,7 @@ def _quiet() -> Iterator[None]:
 
 
 @register_loader(FAMILY, "official")
-def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> DetectorBundle:
+def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> Detector:
     """Load an official Grounding DINO checkpoint with groundingdino's own builder."""
     import torch
     from groundingdino.models import build_model
@@ -513,20 +517,10 @@ def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, A
     get = args._cfg_dict.get if hasattr(args, "_cfg_dict") else (lambda k, d=None: getattr(args, k, d))
     image_size = int(options.get("image_size", get("image_size", OFFICIAL_SIZE)))
     max_size = int(options.get("max_size", get("max_size", OFFICIAL_MAX_SIZE)))
-    return DetectorBundle(
-        "official",
-        "grounding-dino",
-        model,
-        None,
-        model.tokenizer,
-        device,
-        dtype,
-        str(weights),
-        _text_limit(int(args.max_text_len), options),
-        image_size,
-        max_size,
-        dict(options),
-    )
+    return GroundingDinoOfficial(
+        model=model, tokenizer=model.tokenizer, device=device, dtype=dtype, checkpoint=str(weights), options=dict(options),
+        max_text_len=_text_limit(int(args.max_text_len), options), image_size=image_size, max_size=max_size,
+    )  # fmt: skip
 
 
 # -- tools -----------------------------------------------------------------------------------
@@ -605,181 +599,3 @@ class Count(Tool):
             nms_iou=inp.nms_iou,
             detections=detections,
         )
-
-
-# -- tiny random checkpoints -----------------------------------------------------------------
-TINY_QUERIES = 20
-TINY_OFFICIAL_SIZE = 160
-TINY_OFFICIAL_MAX_SIZE = 320
-#: official tiny architecture: groundingdino's SwinT OGC config with a small transformer
-#: (groundingdino hardcodes a 256-wide text position embedding, so hidden_dim stays 256)
-TINY_OFFICIAL_OVERRIDES: dict[str, Any] = {
-    "enc_layers": 1,
-    "dec_layers": 2,
-    "dim_feedforward": 64,
-    "nheads": 2,
-    "num_queries": TINY_QUERIES,
-    "enc_n_points": 2,
-    "dec_n_points": 2,
-    "use_checkpoint": False,
-    "use_transformer_ckpt": False,
-    "text_encoder_type": "text_encoder",
-}
-
-
-def _tiny_bert(folder: Path) -> Any:
-    """A tiny random ``BertModel`` + ``BertTokenizer`` saved in ``folder``; returns the tokenizer."""
-    from transformers import BertConfig, BertModel
-    from visagent.tools.caption import tiny_bert_tokenizer
-
-    tok = tiny_bert_tokenizer()
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=260,
-        )
-    ).eval()
-    bert.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return tok
-
-
-@register_tiny("grounding-dino")
-def build_tiny_grounding_dino(folder: Path) -> None:
-    """Tiny random ``GroundingDinoForObjectDetection`` (Swin backbone, BERT text encoder) +
-    ``GroundingDinoProcessor`` (160-320 px)."""
-    import torch
-    from transformers import (
-        BertConfig,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-    from visagent.tools.caption import tiny_bert_tokenizer
-
-    torch.manual_seed(0)
-    tok = tiny_bert_tokenizer()
-    config = GroundingDinoConfig(
-        backbone_config=SwinConfig(
-            image_size=64,
-            embed_dim=16,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            out_features=["stage2", "stage3", "stage4"],
-        ),
-        text_config=BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=260,
-        ),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=2,  # >= 2: one layer with a shared bbox embed fails on tie_weights
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_n_points=2,
-        decoder_n_points=2,
-        num_queries=TINY_QUERIES,
-    )
-    model = GroundingDinoForObjectDetection(config).eval()
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(
-            size={"shortest_edge": TINY_OFFICIAL_SIZE, "longest_edge": TINY_OFFICIAL_MAX_SIZE}
-        ),
-        tokenizer=tok,
-    )
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
-@register_tiny("grounding-dino", backend="official")
-def build_tiny_grounding_dino_official(folder: Path) -> None:
-    """Tiny random official Grounding DINO, built with groundingdino's ``build_model`` from a
-    config derived from its ``GroundingDINO_SwinT_OGC.py``; writes ``groundingdino_tiny.pth``
-    (``{"model": state_dict}``, the official format), ``GroundingDINO_tiny.py`` and a tiny BERT in
-    ``text_encoder/``."""
-    import groundingdino
-    import torch
-    from groundingdino.models import build_model
-    from groundingdino.util.slconfig import SLConfig
-    from visagent.tools._gdino_compat import install
-
-    install()
-    torch.manual_seed(0)
-    _tiny_bert(folder / "text_encoder")
-    source = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
-    overrides = dict(TINY_OFFICIAL_OVERRIDES, image_size=TINY_OFFICIAL_SIZE, max_size=TINY_OFFICIAL_MAX_SIZE)
-    lines = []
-    for line in source.read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if "=" in line and key in overrides:
-            line = f"{key} = {overrides.pop(key)!r}"
-        lines.append(line)
-    lines += [f"{key} = {value!r}" for key, value in overrides.items()]
-    config_file = folder / "GroundingDINO_tiny.py"
-    config_file.write_text("\n".join(lines) + "\n")
-    args = SLConfig.fromfile(str(config_file))
-    args.device = "cpu"
-    args.text_encoder_type = str(folder / "text_encoder")
-    with _quiet():
-        model = build_model(args).eval()
-    torch.save({"model": model.state_dict()}, folder / "groundingdino_tiny.pth")
-
-
-def tiny_clip_tokenizer() -> Any:
-    """A character-level ``CLIPTokenizer`` (byte alphabet, no merges)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())
-    tokens = ["!", *[c for c in chars if c != "!"], *[c + "</w>" for c in chars], "<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], pad_token="!")
-
-
-@register_tiny("owlv2")
-def build_tiny_owlv2(folder: Path) -> None:
-    """Tiny random ``Owlv2ForObjectDetection`` + ``Owlv2Processor`` (64 px, character-level CLIP
-    tokenizer)."""
-    import torch
-    from transformers import (
-        Owlv2Config,
-        Owlv2ForObjectDetection,
-        Owlv2ImageProcessor,
-        Owlv2Processor,
-    )
-
-    torch.manual_seed(0)
-    tok = tiny_clip_tokenizer()
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok)
-    config = Owlv2Config(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16
-        ),
-        projection_dim=32,
-    )
-    model = Owlv2ForObjectDetection(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)

@@ -67,3 +67,20 @@ def checked_config(checkpoint: str, what: str, supported: Collection[str], *, er
             f"{what} checkpoint {checkpoint} has model_type '{config.model_type}'; supported: {', '.join(supported)}{hint}"
         )
     return config
+
+
+def autocast(device: str, dtype: Any, enabled: bool = True) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device`` when ``enabled`` and ``dtype`` is half precision
+    (backends whose weights stay float32, e.g. the official builders), else a no-op context."""
+    import contextlib
+
+    import torch
+
+    if enabled and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def to_device(inputs: Any, device: str, dtype: Any) -> dict[str, Any]:
+    """A processor's tensors on ``device``; floating-point ones also cast to ``dtype``."""
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}

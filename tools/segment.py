@@ -1,12 +1,12 @@
 """``segment``: SAM masks for boxes (region ids or pixel boxes) and/or points.
 
-Two backends behind one bundle interface (``SamBundle``):
+One class per backend behind the ``Segmenter`` protocol:
 
-- ``transformers``: ``SamModel`` + ``SamProcessor`` (architecture picked from the checkpoint's
-  ``config.json`` ``model_type``: ``sam``; ``sam2`` uses ``Sam2Model`` + ``Sam2Processor``).
+- ``transformers``: ``SamTransformers`` (``SamModel`` + ``SamProcessor``) or ``Sam2Transformers``
+  (``Sam2Model`` + ``Sam2Processor``), picked from the checkpoint's ``config.json`` ``model_type``.
   ``get_image_embeddings`` once per image, then ``model(image_embeddings=..., input_boxes=...)``
   and ``image_processor.post_process_masks``.
-- ``official``: segment-anything's ``SamPredictor``: ``set_image`` once per image, then
+- ``official``: ``SamOfficial``, segment-anything's ``SamPredictor``: ``set_image`` once per image, then
   ``predict_torch`` with ``transform.apply_boxes_torch`` for all boxes in one batch. Checkpoint:
   a ``.pth`` state dict (``sam_vit_b_01ec64.pth`` ...) or a folder holding one; the architecture
   comes from ``options.model_type`` (vit_h / vit_l / vit_b), else from a ``sam_arch.json`` next to
@@ -29,12 +29,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field, model_validator
 from visagent.errors import ToolError
 from visagent.tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
-from visagent.tools.models import checked_config, register_loader, register_tiny
+from visagent.tools.models import autocast, checked_config, register_loader
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -149,78 +149,89 @@ class Prompts:
         return not self.boxes and self.points is not None and len(self.points) == 1
 
 
-@dataclass
-class SamBundle:
-    """A loaded SAM. ``embed(image)`` -> embedding state (the expensive step, cached per image);
-    ``decode(state, prompts)`` -> (masks: bool tensor (B, H, W) at the original size, scores (B,))
-    in one mask-decoder call. ``image_encoder`` / ``mask_decoder``: the torch modules (for hooks)."""
+class Segmenter(Protocol):
+    """What the segment tool needs of a loaded SAM (one class per backend). ``embed(image)`` ->
+    embedding state (the expensive step, cached per image); ``decode(state, prompts)`` -> (masks:
+    bool tensor (B, H, W) at the original size, scores (B,)) in one mask-decoder call.
+    ``image_encoder`` / ``mask_decoder``: the torch modules (for hooks)."""
 
-    backend: str
+    backend: str  # "transformers" or "official"
     kind: str  # "sam", "sam2", "official"
+    checkpoint: str
+
+    @property
+    def image_encoder(self) -> Any: ...
+
+    @property
+    def mask_decoder(self) -> Any: ...
+
+    def embed(self, image: "Image.Image") -> dict[str, Any]: ...
+
+    def decode(self, state: dict[str, Any], prompts: Prompts) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+
+
+@dataclass
+class _SamBase:
     model: Any
     processor: Any = None  # transformers processor or SamPredictor
     device: str = "cpu"
     dtype: Any = None
     checkpoint: str = ""
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def image_encoder(self) -> Any:
-        return self.model.image_encoder if self.backend == "official" else self.model.vision_encoder
+    backend: ClassVar[str] = "transformers"
+    kind: ClassVar[str] = ""
 
     @property
     def mask_decoder(self) -> Any:
         return self.model.mask_decoder
 
     def _autocast(self) -> Any:
-        import contextlib
+        return autocast(self.device, self.dtype, enabled=self.backend == "official")
 
-        import torch
-
-        if self.backend == "official" and self.dtype in (torch.float16, torch.bfloat16):
-            return torch.autocast(device_type=torch.device(self.device).type, dtype=self.dtype)
-        return contextlib.nullcontext()
-
-    # -- expensive step ----------------------------------------------------------------------
     def embed(self, image: "Image.Image") -> dict[str, Any]:
-        import numpy as np
         import torch
 
         with torch.inference_mode(), self._autocast():
-            if self.backend == "official":
-                predictor = self.processor
-                predictor.set_image(np.asarray(image.convert("RGB")), image_format="RGB")
-                state = {
-                    "features": predictor.features,
-                    "original_size": tuple(predictor.original_size),
-                    "input_size": tuple(predictor.input_size),
-                }
-                predictor.reset_image()
-                return state
-            inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
-            pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
-            embeddings = self.model.get_image_embeddings(pixel_values)
-            if self.kind == "sam2":  # resized to a square, no padding
-                side = int(self.processor.target_size)
-                input_size = (side, side)
-            else:  # longest side resized, then padded
-                input_size = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
-            return {
-                "embeddings": embeddings,
-                "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
-                "input_size": input_size,
-            }
+            return self._embed(image.convert("RGB"))
 
-    # -- cheap step --------------------------------------------------------------------------
     def decode(self, state: dict[str, Any], prompts: Prompts) -> tuple["torch.Tensor", "torch.Tensor"]:
         import torch
 
         with torch.inference_mode(), self._autocast():
-            if self.backend == "official":
-                masks, scores = self._decode_official(state, prompts)
-            else:
-                masks, scores = self._decode_transformers(state, prompts)
+            masks, scores = self._decode(state, prompts)
         return masks, scores.float()
+
+    def _embed(self, image: "Image.Image") -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _decode(self, state: dict[str, Any], prompts: Prompts) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class SamTransformers(_SamBase):
+    """transformers' ``SamModel`` + ``SamProcessor`` (longest side resized, then padded)."""
+
+    kind: ClassVar[str] = "sam"
+
+    @property
+    def image_encoder(self) -> Any:
+        return self.model.vision_encoder
+
+    def _input_size(self, inputs: Any) -> tuple[int, int]:
+        return tuple(int(v) for v in inputs["reshaped_input_sizes"][0])  # type: ignore[return-value]
+
+    def _post_process(self, low_res: Any, state: dict[str, Any]) -> Any:
+        return self.processor.image_processor.post_process_masks([low_res], [state["original_size"]], [state["input_size"]])[0][:, 0]
+
+    def _embed(self, image: "Image.Image") -> dict[str, Any]:
+        inputs = self.processor(images=image, return_tensors="pt")
+        embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+        return {
+            "embeddings": embeddings,
+            "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
+            "input_size": self._input_size(inputs),
+        }
 
     def _prompt_tensors(self, prompts: Prompts, scale_x: float, scale_y: float) -> dict[str, Any]:
         """Prompts scaled to the model's resized frame: boxes (B, 4), points (B, N, 2), labels (B, N)."""
@@ -238,36 +249,7 @@ class SamBundle:
             out["labels"] = labels.unsqueeze(0).expand(b, -1).contiguous()
         return out
 
-    def _decode_official(self, state: dict[str, Any], prompts: Prompts) -> tuple[Any, Any]:
-        import torch
-
-        predictor = self.processor
-        # restore the cached embedding into the predictor (the model lock is held by the caller)
-        predictor.features = state["features"]
-        predictor.original_size = state["original_size"]
-        predictor.input_size = state["input_size"]
-        predictor.is_image_set = True
-        try:
-            size = state["original_size"]
-            dev = predictor.device
-            boxes = points = labels = None
-            if prompts.boxes:
-                boxes = predictor.transform.apply_boxes_torch(
-                    torch.tensor(prompts.boxes, dtype=torch.float32, device=dev), size
-                )
-            if prompts.points:
-                pts = torch.tensor(prompts.points, dtype=torch.float32, device=dev)
-                points = predictor.transform.apply_coords_torch(pts, size).unsqueeze(0).expand(prompts.batch, -1, -1)
-                labels = torch.tensor(prompts.labels or [1] * len(prompts.points), device=dev)
-                labels = labels.unsqueeze(0).expand(prompts.batch, -1)
-            masks, iou, _ = predictor.predict_torch(points, labels, boxes=boxes, multimask_output=prompts.multimask)
-        finally:
-            predictor.reset_image()
-        best = iou.argmax(dim=1)
-        rows = torch.arange(masks.shape[0], device=masks.device)
-        return masks[rows, best], iou[rows, best]
-
-    def _decode_transformers(self, state: dict[str, Any], prompts: Prompts) -> tuple[Any, Any]:
+    def _decode(self, state: dict[str, Any], prompts: Prompts) -> tuple[Any, Any]:
         import torch
 
         oh, ow = state["original_size"]
@@ -285,27 +267,88 @@ class SamBundle:
         best = iou.argmax(dim=1)
         rows = torch.arange(low_res.shape[0], device=low_res.device)
         low_res = low_res[rows, best].unsqueeze(1).float()  # (B, 1, h, w): upsample only the kept masks
-        post = self.processor.image_processor.post_process_masks
-        if self.kind == "sam2":
-            masks = post([low_res], [state["original_size"]])[0][:, 0]
-        else:
-            masks = post([low_res], [state["original_size"]], [state["input_size"]])[0][:, 0]
-        return masks, iou[rows, best]
+        return self._post_process(low_res, state), iou[rows, best]
+
+
+@dataclass
+class Sam2Transformers(SamTransformers):
+    """transformers' ``Sam2Model`` + ``Sam2Processor`` (resized to a square, no padding)."""
+
+    kind: ClassVar[str] = "sam2"
+
+    def _input_size(self, inputs: Any) -> tuple[int, int]:
+        side = int(self.processor.target_size)
+        return side, side
+
+    def _post_process(self, low_res: Any, state: dict[str, Any]) -> Any:
+        return self.processor.image_processor.post_process_masks([low_res], [state["original_size"]])[0][:, 0]
+
+
+@dataclass
+class SamOfficial(_SamBase):
+    """segment-anything's ``Sam`` driven through its ``SamPredictor`` (``processor``)."""
+
+    backend: ClassVar[str] = "official"
+    kind: ClassVar[str] = "official"
+
+    @property
+    def image_encoder(self) -> Any:
+        return self.model.image_encoder
+
+    def _embed(self, image: "Image.Image") -> dict[str, Any]:
+        import numpy as np
+
+        predictor = self.processor
+        predictor.set_image(np.asarray(image), image_format="RGB")
+        state = {
+            "features": predictor.features,
+            "original_size": tuple(predictor.original_size),
+            "input_size": tuple(predictor.input_size),
+        }
+        predictor.reset_image()
+        return state
+
+    def _decode(self, state: dict[str, Any], prompts: Prompts) -> tuple[Any, Any]:
+        import torch
+
+        predictor = self.processor
+        # restore the cached embedding into the predictor (the model lock is held by the caller)
+        predictor.features = state["features"]
+        predictor.original_size = state["original_size"]
+        predictor.input_size = state["input_size"]
+        predictor.is_image_set = True
+        try:
+            size = state["original_size"]
+            dev = predictor.device
+            boxes = points = labels = None
+            if prompts.boxes:
+                boxes = predictor.transform.apply_boxes_torch(torch.tensor(prompts.boxes, dtype=torch.float32, device=dev), size)
+            if prompts.points:
+                pts = torch.tensor(prompts.points, dtype=torch.float32, device=dev)
+                points = predictor.transform.apply_coords_torch(pts, size).unsqueeze(0).expand(prompts.batch, -1, -1)
+                labels = torch.tensor(prompts.labels or [1] * len(prompts.points), device=dev)
+                labels = labels.unsqueeze(0).expand(prompts.batch, -1)
+            masks, iou, _ = predictor.predict_torch(points, labels, boxes=boxes, multimask_output=prompts.multimask)
+        finally:
+            predictor.reset_image()
+        best = iou.argmax(dim=1)
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        return masks[rows, best], iou[rows, best]
 
 
 # -- loaders ---------------------------------------------------------------------------------
 @register_loader(FAMILY, "transformers")
-def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> SamBundle:
+def load_transformers(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> Segmenter:
     """Load a transformers SAM / SAM 2 checkpoint (Hub id or folder); the architecture comes from
     the checkpoint's ``config.json`` ``model_type``."""
     import transformers
 
-    classes = {"sam": ("SamModel", "SamProcessor"), "sam2": ("Sam2Model", "Sam2Processor")}
+    classes = {"sam": ("SamModel", "SamProcessor", SamTransformers), "sam2": ("Sam2Model", "Sam2Processor", Sam2Transformers)}
     kind = checked_config(checkpoint, "segment", classes).model_type
-    model_cls, proc_cls = (getattr(transformers, name) for name in classes[kind])
-    model = model_cls.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
-    processor = proc_cls.from_pretrained(checkpoint)
-    return SamBundle("transformers", kind, model, processor, device, dtype, checkpoint)
+    model_name, proc_name, segmenter = classes[kind]
+    model = getattr(transformers, model_name).from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    processor = getattr(transformers, proc_name).from_pretrained(checkpoint)
+    return segmenter(model, processor, device, dtype, checkpoint)
 
 
 def _official_files(checkpoint: str) -> tuple[Path, Path | None]:
@@ -379,7 +422,7 @@ def build_sam_from_arch(arch: dict[str, Any]) -> Any:
 
 
 @register_loader(FAMILY, "official")
-def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> SamBundle:
+def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> Segmenter:
     """Load a segment-anything checkpoint: build the architecture (``sam_model_registry`` for
     vit_h / vit_l / vit_b, or ``sam_arch.json``), then ``torch.load`` + ``load_state_dict``."""
     import torch
@@ -402,126 +445,7 @@ def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, A
         sam = build_sam_from_arch(json.loads(arch_file.read_text()))
     sam.load_state_dict(state)
     sam = sam.to(device=device, dtype=dtype).eval()
-    return SamBundle("official", "official", sam, SamPredictor(sam), device, dtype, checkpoint, {"model_type": model_type})
-
-
-# -- tiny checkpoints ------------------------------------------------------------------------
-TINY_IMAGE_SIZE = 64
-TINY_PATCH = 8
-
-
-@register_tiny("sam")
-def build_tiny_sam(folder: Path) -> None:
-    """Tiny random ``SamModel`` (64 px input, 8x8 embedding) + ``SamProcessor`` resizing to 64 px."""
-    import torch
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
-
-    torch.manual_seed(0)
-    dim = 32
-    emb = TINY_IMAGE_SIZE // TINY_PATCH
-    config = SamConfig(
-        vision_config={
-            "hidden_size": dim,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "mlp_dim": 64,
-            "image_size": TINY_IMAGE_SIZE,
-            "patch_size": TINY_PATCH,
-            "output_channels": dim,
-            "window_size": 4,
-            "global_attn_indexes": [1],
-            "num_pos_feats": dim // 2,
-        },
-        prompt_encoder_config={
-            "hidden_size": dim,
-            "image_size": TINY_IMAGE_SIZE,
-            "patch_size": TINY_PATCH,
-            "image_embedding_size": emb,
-            "mask_input_channels": 4,
-        },
-        mask_decoder_config={
-            "hidden_size": dim,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "mlp_dim": 64,
-            "iou_head_hidden_dim": dim,
-        },
-    )
-    model = SamModel(config).eval()
-    model.save_pretrained(folder)
-    mask = 4 * emb
-    image_processor = SamImageProcessor(
-        size={"longest_edge": TINY_IMAGE_SIZE},
-        pad_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-        mask_size={"longest_edge": mask},
-        mask_pad_size={"height": mask, "width": mask},
-    )
-    SamProcessor(image_processor).save_pretrained(folder)
-
-
-@register_tiny("sam2")
-def build_tiny_sam2(folder: Path) -> None:
-    """Tiny random ``Sam2Model`` (Hiera backbone, 64 px square input) + ``Sam2Processor``."""
-    import torch
-    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
-
-    torch.manual_seed(0)
-    size, dim = TINY_IMAGE_SIZE, 32
-    config = Sam2Config(
-        vision_config={
-            "backbone_config": {
-                "model_type": "sam2_hiera_det_model",
-                "hidden_size": 8,
-                "num_attention_heads": 1,
-                "image_size": [size, size],
-                "blocks_per_stage": [1, 1, 2, 1],
-                "embed_dim_per_stage": [8, 16, 32, 64],
-                "num_attention_heads_per_stage": [1, 1, 1, 1],
-                "window_size_per_stage": [4, 4, 4, 2],
-                "global_attention_blocks": [3],  # not a stage's first (query-pooling) block
-                "window_positional_embedding_background_size": [2, 2],
-            },
-            "backbone_channel_list": [64, 32, 16, 8],
-            "backbone_feature_sizes": [[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]],
-            "fpn_hidden_size": dim,
-        },
-        prompt_encoder_config={"hidden_size": dim, "image_size": size, "patch_size": 16, "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": dim, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": dim},
-    )
-    Sam2Model(config).eval().save_pretrained(folder)
-    mask = size // 4
-    image_processor = Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": mask, "width": mask})
-    Sam2Processor(image_processor).save_pretrained(folder)
-
-
-#: architecture of the tiny official checkpoint (same keys as ``build_sam_from_arch`` reads)
-TINY_OFFICIAL_ARCH: dict[str, Any] = {
-    "image_size": TINY_IMAGE_SIZE,
-    "vit_patch_size": TINY_PATCH,
-    "encoder_embed_dim": 32,
-    "encoder_depth": 2,
-    "encoder_num_heads": 2,
-    "encoder_global_attn_indexes": [1],
-    "window_size": 4,
-    "mlp_ratio": 2,
-    "prompt_embed_dim": 32,
-    "mask_in_chans": 4,
-    "decoder_depth": 2,
-    "decoder_mlp_dim": 64,
-    "decoder_num_heads": 2,
-    "iou_head_hidden_dim": 32,
-}
-
-
-@register_tiny("sam", backend="official")
-def build_tiny_sam_official(folder: Path) -> None:
-    """Tiny random segment-anything ``Sam``: ``sam_tiny.pth`` (state dict) + ``sam_arch.json``."""
-    import torch
-
-    torch.manual_seed(0)
-    sam = build_sam_from_arch(TINY_OFFICIAL_ARCH)
-    torch.save(sam.state_dict(), folder / "sam_tiny.pth")
-    (folder / ARCH_FILE).write_text(json.dumps(TINY_OFFICIAL_ARCH, indent=2) + "\n")
+    return SamOfficial(sam, SamPredictor(sam), device, dtype, checkpoint, {"model_type": model_type})
 
 
 # -- helpers ---------------------------------------------------------------------------------
