@@ -30,10 +30,10 @@ def tiny_dir(name: str, backend: str, cache_dir: Path) -> Path:
 def ensure_tiny(name: str, backend: str, cache_dir: Path) -> Path:
     """Build the tiny checkpoint ``name`` for ``backend`` once (process- and thread-safe)."""
     from filelock import FileLock
-    from visagent.registry import load_model_modules
-    from visagent.tools.models import tiny_builder, tiny_builders
 
     import visagent.tools.tiny  # noqa: F401  registers the built-in builders
+    from visagent.registry import load_model_modules
+    from visagent.tools.models import tiny_builder, tiny_builders
 
     load_model_modules()  # plugins may register builders too
     builder = tiny_builder(name, backend)

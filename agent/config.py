@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from visagent.errors import UsageError
 
 PROFILES = ("default", "tiny")
@@ -80,14 +81,13 @@ class ChatOptions(PromptSettings):
     max_retries: int = Field(1, ge=0)  # the client's retries of a failed request
 
 
-class PlannerConfig(BaseModel):
+class PlannerConfig(LlavaOptions, ChatOptions):
     """Planner settings. ``kind``: llava, openai, langchain, script:PATH.
 
-    Common settings, then each kind's options, all flat in the ``planner:`` section (an option of
-    another kind is allowed: switching ``--planner`` keeps one config file); ``options(kind)``
-    returns the typed options of one kind."""
+    The common settings below, then each kind's typed options, all flat in the ``planner:``
+    section (an option of another kind is allowed: switching ``--planner`` keeps one config
+    file); ``llava()`` / ``chat()`` return the options of one kind."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: str = "llava"
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
@@ -97,25 +97,12 @@ class PlannerConfig(BaseModel):
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    # LlavaOptions
-    format: str = "json"
-    charset: Literal["ascii", "unicode"] = "ascii"
-    cache_implementation: str | None = None
-    # PromptSettings
-    examples: bool = True
-    max_images: int = Field(4, ge=0)
-    # ChatOptions
-    tool_calling: bool | Literal["auto"] = "auto"
-    context_tokens: int = Field(32768, ge=256)
-    image_tokens: int = Field(600, ge=0)
-    timeout: float = Field(120.0, gt=0)
-    max_retries: int = Field(1, ge=0)
 
     def llava(self) -> LlavaOptions:
-        return LlavaOptions.model_validate({k: getattr(self, k) for k in LlavaOptions.model_fields})
+        return LlavaOptions.model_validate(self.model_dump(include=set(LlavaOptions.model_fields)))
 
     def chat(self) -> ChatOptions:
-        return ChatOptions.model_validate({k: getattr(self, k) for k in ChatOptions.model_fields})
+        return ChatOptions.model_validate(self.model_dump(include=set(ChatOptions.model_fields)))
 
 
 class Limits(BaseModel):

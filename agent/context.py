@@ -10,17 +10,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
 from visagent import ids
 from visagent.config import Config
 from visagent.errors import ToolError, UsageError
 from visagent.media import MediaStore
-from visagent.pool import (
-    ModelKey,
-    ModelPool,
-    resolve_device,
-    resolve_dtype,
-    torch_dtype,
-)
+from visagent.pool import ModelKey, ModelPool, resolve_device, resolve_dtype, torch_dtype
 from visagent.tools.base import Region
 
 if TYPE_CHECKING:  # pragma: no cover

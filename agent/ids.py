@@ -55,10 +55,6 @@ def prefixes() -> list[str]:
         return sorted(_prefixes)
 
 
-def is_prefix(prefix: str) -> bool:
-    return prefix in _prefixes
-
-
 def _pattern(kind: str, build: Callable[[str], str]) -> re.Pattern[str]:
     pat = _patterns.get(kind)
     if pat is None:

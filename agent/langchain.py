@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from visagent import ids
 from visagent.errors import UsageError
 from visagent.session import Session
@@ -31,6 +32,7 @@ from visagent.types import Step, ToolStep
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.tools import StructuredTool
+
     from visagent.agent import Agent
     from visagent.tools.base import Tool, ToolOutput
     from visagent.types import Answer

@@ -11,7 +11,6 @@ Every problem is a ``MediaError`` with a one-line message naming the input.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import warnings
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from visagent.errors import MediaError
 from visagent.types import MediaInfo
 
@@ -385,8 +385,3 @@ def file_sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def image_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
 from visagent.errors import UsageError
 from visagent.media import MediaStore
 from visagent.types import Answer, MediaInfo

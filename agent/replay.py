@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError
+
 from visagent import ids
 from visagent.config import Config, load_config
 from visagent.errors import PlannerOutputError, RunError, ToolError, UsageError
@@ -37,17 +38,7 @@ from visagent.render import iter_regions
 from visagent.runner import RecordedFailure
 from visagent.tools.base import Region, Tool, ToolInput, ToolOutput
 from visagent.trace import read_trace
-from visagent.types import (
-    Answer,
-    ErrorStep,
-    FinalStep,
-    MediaInfo,
-    PlannerReply,
-    PlannerStep,
-    Step,
-    ToolStep,
-    Trace,
-)
+from visagent.types import Answer, ErrorStep, FinalStep, MediaInfo, PlannerReply, PlannerStep, Step, ToolStep, Trace
 
 log = logging.getLogger(__name__)
 
@@ -358,30 +349,20 @@ def replay(
         agent, question, (), planner=chosen, max_steps=_max_steps(trace, config), session=session,
         runner=agent.runner.with_source(recording),
     )  # fmt: skip
-    try:
-        answer = run.result()
-    except RunError as exc:  # pragma: no cover - the loop turns run errors into answers
-        answer = Answer(answer="", status="failed", error=str(exc), trace=run.trace)
-    if answer.trace.steps is not run.trace.steps:
-        answer.trace = run.trace
-    recorded_steps = list(trace.steps)
+    answer = run.result()
+    got, expected = _sig(answer.model_dump(mode="json", exclude={"trace"})), _sig(record)
     divergence = None
     if replanning:
-        got = _answer_sig_answer(answer)
         got["evidence"] = [recording.old_of_new.get(e, e) for e in got["evidence"]]  # in the recording's ids
-        same = got == _answer_sig(record) if record is not None else answer.status != "failed"
-        if not same:
-            divergence = {"step": None, "expected": _answer_sig(record), "got": got}
+        same = got == expected if record is not None else answer.status != "failed"
+    elif record is None:  # interrupted run: the replay must reproduce every recorded step
+        divergence = first_divergence(trace.steps, answer.trace.steps[: len(trace.steps)])
+        same = divergence is None
     else:
-        replayed = list(answer.trace.steps)
-        if record is None:  # interrupted run: the replay must reproduce every recorded step
-            divergence = first_divergence(recorded_steps, replayed[: len(recorded_steps)])
-            same = divergence is None
-        else:
-            divergence = first_divergence(recorded_steps, replayed)
-            same = divergence is None and _same_answer(answer, record)
-            if divergence is None and not same:
-                divergence = {"step": None, "expected": _answer_sig(record), "got": _answer_sig_answer(answer)}
+        divergence = first_divergence(trace.steps, answer.trace.steps)
+        same = divergence is None and got == expected
+    if not same and divergence is None and record is not None:
+        divergence = {"step": None, "expected": expected, "got": got}
     loaded = len(pool.stats()["models"]) if hasattr(pool, "stats") else 0
     return ReplayResult(
         same=same,
@@ -402,21 +383,9 @@ def _max_steps(trace: Trace, config: Config) -> int:
     return max(config.limits.max_steps, 1) if n_decisions <= config.limits.max_steps else n_decisions
 
 
-def _answer_sig(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    if record is None:
+def _sig(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What must match between answers: text, status and cited ids (an Answer's or a record's JSON)."""
+    if answer is None:
         return None
-    return {
-        "answer": record.get("answer", ""),
-        "status": record.get("status", "answered"),
-        "evidence": [e.get("id") for e in record.get("evidence", [])],
-    }
-
-
-def _answer_sig_answer(answer: Answer) -> dict[str, Any]:
-    return {"answer": answer.answer, "status": answer.status, "evidence": [e.id for e in answer.evidence]}
-
-
-def _same_answer(answer: Answer, record: dict[str, Any] | None) -> bool:
-    if record is None:
-        return answer.status != "failed"
-    return _answer_sig(record) == _answer_sig_answer(answer)
+    evidence = [e.get("id") for e in answer.get("evidence", [])]
+    return {"answer": answer.get("answer", ""), "status": answer.get("status", "answered"), "evidence": evidence}

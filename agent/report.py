@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
 from visagent import ids
 from visagent.media import MediaStore
 from visagent.render import annotate, iter_regions, region_label, render_regions

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
+
 from visagent.context import CallContext, Models
 from visagent.errors import MediaError, ToolError, UsageError
 from visagent.tools.base import ToolInput, ToolOutput, clip_text

@@ -44,16 +44,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+
 from visagent.errors import UsageError
+from visagent.grounding import answer_number
 from visagent.media import SAMPLES
 from visagent.render import iter_regions
 from visagent.types import Answer, ToolStep
@@ -63,14 +57,6 @@ KINDS = (
     "output_contains",
 )  # fmt: skip
 
-_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?|\b(?:" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
 
 
 class ScenarioError(UsageError):
@@ -307,12 +293,8 @@ def load_scenarios(paths: Iterable[str | Path]) -> list[Scenario]:
 
 
 # -- checking -----------------------------------------------------------------------------------
-def first_number(text: str) -> float | None:
-    m = _NUMBER.search(text or "")
-    if not m:
-        return None
-    word = m.group(0).lower()
-    return float(_WORDS[word]) if word in _WORDS else float(word)
+#: the first number an answer states (digits or a number word; region ids ignored), as the grounding policy reads it
+first_number = answer_number
 
 
 def tool_count(answer: Answer, tool: str | None = None, label: str | None = None) -> int | None:

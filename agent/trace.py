@@ -1,6 +1,7 @@
 """Traces as JSON lines, written while the run goes.
 
-File format: first line ``{"type": "meta", ...RunMeta}``, then one line per step (the step's own
+File format (version ``RunMeta.format``, 2; files without it are version 1 and still read; a newer
+version is a one-line error naming it): first line ``{"type": "meta", ...RunMeta}``, then one line per step (the step's own
 JSON, tagged by ``type``), and, when the run ends, ``{"type": "answer", ...}`` with the answer,
 evidence and status, and ``meta_end`` (frames added during the run, end time, duration). Inputs
 without a file of their own are copied into ``TRACE.media/`` (``MediaInfo.saved_copy``). Each line is flushed when written: a run killed mid-way leaves every finished
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydantic import TypeAdapter, ValidationError
+
 from visagent.errors import UsageError
-from visagent.types import Answer, RunMeta, Step, Trace
+from visagent.types import TRACE_FORMAT, Answer, RunMeta, Step, Trace
 
 _step = TypeAdapter(Step)
 
@@ -81,6 +83,9 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[Trace, dict[str, Any] | No
         try:
             if kind == "meta":
                 data.pop("type")
+                fmt = data.get("format", 1)
+                if not isinstance(fmt, int) or fmt > TRACE_FORMAT:
+                    raise UsageError(f"{p}:{n}: trace format {fmt} is newer than this visagent reads ({TRACE_FORMAT}); upgrade visagent")
                 runs.append((Trace(meta=RunMeta.model_validate(data)), None))
             elif kind == "answer":
                 if not runs:

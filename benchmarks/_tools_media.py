@@ -141,8 +141,8 @@ def _full_clip(folder: Path) -> str:
 
 def bench_gallery(checkpoint: str, device: str, gallery: Path, index_root: Path, cache_dir: str) -> dict[str, Any]:
     from visagent.config import load_config
-    from visagent.session import Session
     from visagent.pool import ModelPool
+    from visagent.session import Session
     from visagent.tools.search import GalleryIndex
 
     config = load_config(

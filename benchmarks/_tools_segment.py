@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from visagent.config import load_config
-from visagent.session import Session
 from visagent.pool import ModelPool
+from visagent.session import Session
 from visagent.tools.segment import Segment, SegmentInput
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ import json
 import statistics
 import time
 
+from tests.fakes import Noop
 from visagent.agent import Agent
 from visagent.config import load_config
 from visagent.planners import FunctionPlanner
 from visagent.types import Action, Final, PlannerReply, ToolStep
-from tests.fakes import Noop
 
 
 def planner_for(n: int) -> FunctionPlanner:

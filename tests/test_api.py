@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FAKE_TOOLS
 from visagent import Agent, Answer
 from visagent.errors import MediaError, UsageError
 from visagent.planners import FunctionPlanner
 from visagent.types import FinalStep, ToolStep
-from tests.fakes import FAKE_TOOLS
 
 DETECT_PLAN = [
     {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}},

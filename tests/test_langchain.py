@@ -12,9 +12,9 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from tests.fakes import FAKE_TOOLS, FindOut
 from visagent.langchain import ToolSession, VisualQuestionInput, make_agent_tool, make_tools
 from visagent.types import Answer
-from tests.fakes import FAKE_TOOLS, FindOut
 
 
 class ToolCallingFake(FakeMessagesListChatModel):

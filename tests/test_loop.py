@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from tests.fakes import FAKE_TOOLS
 from visagent.agent import Agent
 from visagent.errors import PlannerOutputError, UsageError
 from visagent.planners import FunctionPlanner, ScriptedPlanner, parse_action
 from visagent.trace import read_trace
 from visagent.types import Action, Answer, ErrorStep, Final, FinalStep, PlannerStep, ToolStep
-from tests.fakes import FAKE_TOOLS
 
 
 @pytest.fixture
@@ -147,8 +147,8 @@ def test_tool_timeout(tiny_config):
 def test_out_of_memory_in_a_tool_frees_idle_models_and_retries_once(tiny_config):
     import torch
 
-    from visagent.pool import ModelKey, ModelPool
     from tests.fakes import EchoIn, EchoOut
+    from visagent.pool import ModelKey, ModelPool
     from visagent.tools.base import Tool
 
     class Hungry(Tool):

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FAKE_TOOLS
 from visagent.agent import Agent
 from visagent.errors import UsageError
 from visagent.planners import make_planner
 from visagent.types import ErrorStep, PlannerStep, ToolStep
-from tests.fakes import FAKE_TOOLS
 
 
 class FakeChatServer:

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from visagent.planners import FunctionPlanner, ScriptedPlanner
-from visagent.grounding import GroundingPolicy, answer_number
-from visagent.types import ErrorStep, Final, NoteStep, PlannerStep, ToolStep
 from tests.fakes import FAKE_TOOLS
+from visagent.grounding import GroundingPolicy, answer_number
+from visagent.planners import FunctionPlanner, ScriptedPlanner
 from visagent.tools.base import Region, Tool, ToolInput, ToolOutput
+from visagent.types import ErrorStep, Final, NoteStep, PlannerStep, ToolStep
 
 
 class CountIn(ToolInput):

@@ -8,15 +8,15 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.fakes import FAKE_TOOLS
 from visagent.agent import Agent
 from visagent.errors import PlannerOutputError
+from visagent.grounding import NEEDS_TOOLS_RE, NO_EVIDENCE, final_rules
 from visagent.planners import make_planner, parse_action
 from visagent.planners.constrain import action_schema, validate_action
-from visagent.grounding import NEEDS_TOOLS_RE, NO_EVIDENCE, final_rules
 from visagent.planners.llava import LlavaPlanner
-from visagent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
-from tests.fakes import FAKE_TOOLS
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
+from visagent.types import Action, ErrorStep, Final, PlannerStep, ToolStep
 
 
 class Crop(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import Field
 
+from tests.fakes import FakeFind, Noop
 from visagent.errors import RunError, UsageError
 from visagent.planners.base import PlannerState
 from visagent.planners.prompting import (
@@ -19,9 +20,8 @@ from visagent.planners.prompting import (
     text_only,
     tool_specs,
 )
-from visagent.types import Action, ErrorStep, MediaInfo, PlannerStep, ToolStep
-from tests.fakes import FakeFind, Noop
 from visagent.tools.base import Tool, ToolInput, ToolOutput
+from visagent.types import Action, ErrorStep, MediaInfo, PlannerStep, ToolStep
 
 SNAPSHOT = """[system]
 You are visagent, a visual assistant. You see the image(s) below and answer questions about them. To look closer, call tools, one per turn, and read their observations. Answer only from what the tools observed, and cite the ids of that evidence.

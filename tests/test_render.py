@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.fakes import FAKE_TOOLS
 from visagent.errors import UsageError
 from visagent.media import MediaStore
 from visagent.render import (
@@ -20,7 +21,6 @@ from visagent.render import (
     render_answer,
     render_regions,
 )
-from tests.fakes import FAKE_TOOLS
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
 

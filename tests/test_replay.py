@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fakes import FAKE_TOOLS
 from visagent.cli import main
 from visagent.errors import UsageError
 from visagent.pool import ModelPool
 from visagent.replay import replay
 from visagent.trace import read_trace
-from tests.fakes import FAKE_TOOLS
 
 PLAN = [
     {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}},
@@ -182,8 +182,8 @@ def test_replan_to_a_different_answer_exits_1(recorded, tmp_path, capsys):
 
 
 def test_replay_recreates_the_frames_a_tool_registered(make_agent, tmp_path, capsys):
-    from visagent.registry import load_builtin_tools
     from tests.helpers import write_video
+    from visagent.registry import load_builtin_tools
 
     video = write_video(tmp_path / "clip.mp4", [i / 10 for i in range(30)])  # 3 s at 10 fps
     frames_tool = load_builtin_tools()["video_frames"]
@@ -224,8 +224,8 @@ def test_replay_recreates_the_frames_a_tool_registered(make_agent, tmp_path, cap
 
 
 def test_replay_of_a_video_given_as_bytes(make_agent, tmp_path):
-    from visagent.registry import load_builtin_tools
     from tests.helpers import write_video
+    from visagent.registry import load_builtin_tools
 
     data = write_video(tmp_path / "clip.mp4", [i / 10 for i in range(20)]).read_bytes()
     frames_tool = load_builtin_tools()["video_frames"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from visagent.report import report_html, write_report
 from tests.fakes import FAKE_TOOLS
+from visagent.report import report_html, write_report
 
 CHROMIUM = os.environ.get("VISAGENT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fakes import FAKE_TOOLS
 from visagent.cli import main
 from visagent.scenarios import Expect, ScenarioError, ScenarioRunner, check, first_number, load_file, read_results
-from tests.fakes import FAKE_TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_every_expectation_kind_passes_and_fails(answer, kind):
 
 def test_count_reads_numbers_words_and_tool_outputs(answer):
     assert first_number("There are twenty four") == 20.0 and first_number("24 coins") == 24.0
-    assert first_number("none") is None
+    assert first_number("none") == 0.0 and first_number("a cup") is None and first_number("det_1_0 has 4") == 4.0
     got = next(c for c in check(Expect(count={"value": 3, "source": "tool", "label": "coin"}), answer) if c["kind"] == "count")
     assert got["passed"] and got["got"] == {"tool": 3}
     got = next(c for c in check(Expect(count={"value": 3, "source": "tool", "label": "cat"}), answer) if c["kind"] == "count")

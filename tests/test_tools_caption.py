@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from visagent.config import load_config
 from tests.helpers import error_steps, tool_steps
+from visagent.config import load_config
 
 
 def _config(tiny_config, **models):

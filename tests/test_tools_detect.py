@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visagent.config import load_config
 from tests.helpers import ask_cli, error_steps, tool_steps
+from visagent.config import load_config
 
 BACKENDS = ["transformers", "official"]
 LOW = {"box_threshold": 0.0, "text_threshold": 0.0}

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visagent.context import CallContext
-from visagent.session import Session
-from visagent.errors import ToolError
-from visagent.media import MediaStore
-from visagent.types import ErrorStep
 from tests.helpers import ask_cli
 from visagent import ids
+from visagent.context import CallContext
+from visagent.errors import ToolError
+from visagent.media import MediaStore
+from visagent.session import Session
 from visagent.tools.base import OBSERVATION_LIMIT
 from visagent.tools.ocr import Ocr, OcrInput, OcrOutput, _reading_order
+from visagent.types import ErrorStep
 
 # words printed on skimage.data.page() (a scan of a paragraph about region-based segmentation)
 PAGE_WORDS = ("segmentation", "markers", "coins", "background", "unambiguously", "histogram")

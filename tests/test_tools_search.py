@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import ask_cli
 from visagent.config import load_config
 from visagent.context import CallContext
-from visagent.session import Session
 from visagent.errors import ToolError
 from visagent.media import MediaStore, sample_image
 from visagent.pool import ModelPool
-from visagent.types import ErrorStep
-from tests.helpers import ask_cli
+from visagent.session import Session
 from visagent.tools.base import OBSERVATION_LIMIT
 from visagent.tools.search import Classify, ClassifyInput, DualEncoder, Search, SearchInput, is_image_file, scan_gallery
+from visagent.types import ErrorStep
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "horse")
 ARCHS = {"clip": ("clip", "CLIPModel"), "siglip": ("siglip", "SiglipModel"), "flava": ("flava", "FlavaModel")}
@@ -123,7 +123,7 @@ def test_search_errors(shared_pool: Any, tmp_path: Path) -> None:
         Search().run(SearchInput(query="x", gallery=str(tmp_path / "empty")), ctx)
     with pytest.raises(ToolError, match="either images or gallery"):
         Search().run(SearchInput(query="x", images=["img_0"], gallery=str(tmp_path)), ctx)
-    with pytest.raises(ValueError, match="query is empty"):
+    with pytest.raises(ValueError, match="query must not be empty"):
         SearchInput(query="   ")
     with pytest.raises(ValueError, match="extra"):
         SearchInput(query="x", folder="y")

@@ -15,16 +15,16 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tests.helpers import ask_cli
 from visagent.agent import Agent
 from visagent.config import load_config
-from visagent.session import Session
 from visagent.media import MediaStore
 from visagent.planners import ScriptedPlanner
 from visagent.pool import ModelPool
-from visagent.types import ErrorStep, ToolStep
-from tests.helpers import ask_cli
+from visagent.session import Session
 from visagent.tools.base import OBSERVATION_LIMIT
 from visagent.tools.segment import Mask, Prompts, Segment, SegmentInput, mask_to_rle, rle_to_mask
+from visagent.types import ErrorStep, ToolStep
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import yaml
 
-from visagent.config import load_config
-from visagent.context import CallContext
-from visagent.session import Session
-from visagent.errors import MediaError, ToolError
-from visagent.media import MediaStore
-from visagent.pool import ModelPool
-from visagent.types import ErrorStep
 from tests.helpers import VIDEO_H as H
 from tests.helpers import VIDEO_W as W
 from tests.helpers import ask_cli, frame_index, write_video
+from visagent.config import load_config
+from visagent.context import CallContext
+from visagent.errors import MediaError, ToolError
+from visagent.media import MediaStore
+from visagent.pool import ModelPool
+from visagent.session import Session
 from visagent.tools.base import OBSERVATION_LIMIT
 from visagent.tools.video import (
     VideoFrames,
@@ -38,6 +37,7 @@ from visagent.tools.video import (
     sample_frames,
     uniform_timestamps,
 )  # fmt: skip
+from visagent.types import ErrorStep
 
 
 @pytest.fixture(scope="module")

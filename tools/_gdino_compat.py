@@ -113,9 +113,7 @@ def warper_forward(
     Output flags (``return_dict``, ``output_*``, ``use_cache``) are accepted and ignored; anything
     this forward does not compute (head masks, cross-attention, a cache) is refused."""
     import torch
-    from transformers.modeling_outputs import (
-        BaseModelOutputWithPoolingAndCrossAttentions,
-    )
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
     unsupported = sorted(k for k, v in rest.items() if v is not None and k not in _IGNORED_FLAGS)
     if unsupported:

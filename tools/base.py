@@ -1,7 +1,7 @@
 """The tool contract.
 
 A tool is a class with ``name``, ``description``, ``Input`` and ``Output`` (pydantic models) and
-``run(input, ctx) -> Output``. ``Output.observation()`` is the short text the planner sees; the
+``run(input, ctx) -> Output``; ``Input`` / ``Output`` left out are read from ``run``'s annotations. ``Output.observation()`` is the short text the planner sees; the
 typed output is the artifact callers get. A wrongly declared tool fails when its class is defined
 (at import).
 
@@ -18,7 +18,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+
 from visagent import ids
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +31,16 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 Box = list[float]  # [x0, y0, x1, y1] in original-image pixels
 #: a probability / threshold in [0, 1]; NaN and infinities are rejected
 Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+def _stripped(value: str, info: ValidationInfo) -> str:
+    if not value.strip():
+        raise ValueError(f"{info.field_name} must not be empty")
+    return value.strip()
+
+
+#: text with surrounding white space removed; empty (or only white space) is an error naming the field
+NonEmptyStr = Annotated[str, AfterValidator(_stripped)]
 
 
 class ToolInput(BaseModel):
@@ -147,6 +158,7 @@ class Tool:
         desc = getattr(cls, "description", None)
         if not isinstance(desc, str) or len(desc.strip()) < 10:
             problems.append("`description` must be a sentence (at least 10 characters)")
+        cls._infer_models()
         inp = getattr(cls, "Input", None)
         if not (isinstance(inp, type) and issubclass(inp, BaseModel)):
             problems.append("`Input` must be a pydantic BaseModel subclass")
@@ -173,6 +185,25 @@ class Tool:
                 problems.append(f"Input schema cannot be rendered: {exc}")
         if problems:
             raise TypeError(f"tool {cls.__qualname__} is wrongly declared: " + "; ".join(problems))
+
+    @classmethod
+    def _infer_models(cls) -> None:
+        """``Input`` / ``Output`` not declared: taken from ``run``'s annotations (``def run(self,
+        input: MyInput, ctx) -> MyOutput``), as pydantic-ai reads a tool's schema from its signature."""
+        run = cls.__dict__.get("run")
+        if run is None or ("Input" in cls.__dict__ and "Output" in cls.__dict__):
+            return
+        import typing
+
+        try:
+            hints = typing.get_type_hints(run)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: the checks below name what is missing
+            return
+        params = [p for p in run.__code__.co_varnames[1 : run.__code__.co_argcount]]
+        first = hints.get(params[0]) if params else None
+        for attr, value in (("Input", first), ("Output", hints.get("return"))):
+            if attr not in cls.__dict__ and isinstance(value, type) and issubclass(value, BaseModel):
+                setattr(cls, attr, value)
 
     def run(self, input: ToolInput, ctx: ToolContext) -> ToolOutput:  # noqa: A002
         raise NotImplementedError

@@ -23,9 +23,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import Field, field_validator
+from pydantic import Field
+
 from visagent.errors import ToolError
-from visagent.tools.base import Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.base import NonEmptyStr, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import checked_config, register_loader, to_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,14 +62,7 @@ class VqaInput(ToolInput):
     """``image``: image id. ``question``: a question about the image, answered briefly."""
 
     image: str = Field(description="image id, e.g. img_0")
-    question: str = Field(description="question about the image")
-
-    @field_validator("question")
-    @classmethod
-    def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("question must not be empty")
-        return value.strip()
+    question: NonEmptyStr = Field(description="question about the image")
 
 
 class VqaOutput(ToolOutput):
@@ -225,8 +219,6 @@ class Caption(Tool):
         "Describe an image in one sentence. Optional prompt: a text prefix the caption continues "
         "(e.g. 'a photography of')."
     )
-    Input = CaptionInput
-    Output = CaptionOutput
     families = ("caption",)
 
     def run(self, inp: CaptionInput, ctx: Any) -> CaptionOutput:  # noqa: D102
@@ -239,8 +231,6 @@ class Caption(Tool):
 class Vqa(Tool):
     name = "vqa"
     description = "Answer a short question about an image (a word or a few words, e.g. a colour or yes/no)."
-    Input = VqaInput
-    Output = VqaOutput
     families = ("vqa",)
 
     def run(self, inp: VqaInput, ctx: Any) -> VqaOutput:  # noqa: D102

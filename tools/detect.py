@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field, field_validator
+
 from visagent.errors import ToolError
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import autocast, checked_config, register_loader, to_device
@@ -490,6 +490,7 @@ def load_official(checkpoint: str, device: str, dtype: Any, options: dict[str, A
     from groundingdino.models import build_model
     from groundingdino.util.misc import clean_state_dict
     from groundingdino.util.slconfig import SLConfig
+
     from visagent.tools._gdino_compat import install
 
     install()
@@ -537,8 +538,6 @@ class Detect(Tool):
         "Find objects named by text labels in an image; returns boxes with ids (det_N_i), labels and scores. "
         "Lower box_threshold to find more, raise it to keep only confident boxes."
     )
-    Input = DetectInput
-    Output = DetectOutput
     families = (FAMILY,)
     region_prefixes = ("det",)
 
@@ -570,20 +569,13 @@ def nms_keep(found: list[RawDetection], iou: float) -> list[RawDetection]:
     return [found[int(i)] for i in keep]
 
 
-class Count(Tool):
+class Count(Detect):
+    """``detect`` of one label, then non-maximum suppression, then the count (same model, same ids)."""
+
     name = "count"
-    description = (
-        "Count the objects of one label in an image: detection, then non-maximum suppression, then the count; "
-        "returns the count and the ids of the counted boxes."
-    )
-    Input = CountInput
-    Output = CountOutput
-    families = (FAMILY,)
-    region_prefixes = ("det",)
+    description = "Count the objects of one label in an image (detection, non-maximum suppression, count); returns the count and the ids of the counted boxes."  # noqa: E501
 
     def run(self, inp: CountInput, ctx: Any) -> CountOutput:  # noqa: D102
-        if math.isnan(inp.nms_iou):  # pragma: no cover - Prob rejects NaN already
-            raise ToolError("nms_iou must be a number")
         image = ctx.image(inp.image)
         with ctx.model(FAMILY) as bundle:
             found = bundle.detect(image, [inp.label], inp.box_threshold, inp.text_threshold)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
+
 from visagent.errors import ToolError
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import register_loader
@@ -102,8 +103,6 @@ def _reading_order(items: list[tuple[list[list[float]], str, float]]) -> list[tu
 class Ocr(Tool):
     name = "ocr"
     description = "Read the text in an image (RapidOCR): lines with their text, box and confidence, in reading order."
-    Input = OcrInput
-    Output = OcrOutput
     families = (FAMILY,)
     region_prefixes = ("ocr",)
 

@@ -59,6 +59,7 @@ class PlannerBundle:
 def load_planner(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> PlannerBundle:
     """Load a LLaVA-family checkpoint (folder or Hub id) with its processor and chat template."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
     from visagent.errors import UsageError
 
     if options.get("any_architecture"):

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
+
 from visagent.errors import ToolError
 from visagent.media import file_sha256
-from visagent.tools.base import Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.base import NonEmptyStr, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import checked_config, register_loader
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,6 +142,7 @@ def scan_gallery(folder: Path) -> list[Path]:
 def load_gallery_image(path: Path, size_hint: int = 448) -> "Image.Image":
     """Open an image file as RGB with EXIF orientation applied (JPEGs decoded at reduced size)."""
     from PIL import Image, ImageOps
+
     from visagent.media import to_rgb
 
     img = Image.open(path)
@@ -306,18 +308,11 @@ class SearchInput(ToolInput):
     """``images``: image ids to rank (default: every image of the run, unless ``gallery`` is
     given). ``gallery``: a folder of image files to rank (indexed once, then reused)."""
 
-    query: str = Field(min_length=1, description="what to look for, e.g. 'a red car at night'")
+    query: NonEmptyStr = Field(min_length=1, description="what to look for, e.g. 'a red car at night'")
     images: list[str] | None = Field(default=None, description="image ids to rank (default: all images of the run)")
     gallery: str | None = Field(default=None, description="folder of image files to rank")
     top_k: int = Field(default=10, ge=1, le=1000, description="how many results to return")
     register_top: int = Field(default=3, ge=0, le=20, description="gallery hits registered as images (img_k) for later tools")
-
-    @field_validator("query")
-    @classmethod
-    def _query(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query is empty")
-        return v.strip()
 
 
 class SearchHit(BaseModel):
@@ -385,8 +380,6 @@ class Search(Tool):
         "Rank images by similarity to a text query (CLIP): the run's images, given image ids, or a "
         "folder of image files (gallery, indexed once). Returns image ids/paths with scores."
     )
-    Input = SearchInput
-    Output = SearchOutput
     families = (FAMILY,)
 
     def run(self, input: SearchInput, ctx: Any) -> SearchOutput:  # noqa: A002
@@ -494,10 +487,8 @@ class ClassifyOutput(ToolOutput):
 
 class Classify(Tool):
     name = "classify"
-    description = "Zero-shot classification of an image over given labels (CLIP); returns a probability per label."
-    Input = ClassifyInput
-    Output = ClassifyOutput
     families = (FAMILY,)
+    description = "Zero-shot classification of an image over given labels (CLIP); returns a probability per label."
 
     def run(self, input: ClassifyInput, ctx: Any) -> ClassifyOutput:  # noqa: A002
         import numpy as np

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field, model_validator
+
 from visagent.errors import ToolError
 from visagent.tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import autocast, checked_config, register_loader
@@ -371,13 +372,7 @@ def build_sam_from_arch(arch: dict[str, Any]) -> Any:
     from functools import partial
 
     import torch
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     size = int(arch["image_size"])
     patch = int(arch["vit_patch_size"])
@@ -495,8 +490,6 @@ class Segment(Tool):
         "[x0, y0, x1, y1] pixels), or one mask from points ([[x, y]], labels 1 = object, 0 = "
         "background). Returns mask ids with area, box and score."
     )
-    Input: ClassVar[type[ToolInput]] = SegmentInput
-    Output: ClassVar[type[ToolOutput]] = SegmentOutput
     families: ClassVar[tuple[str, ...]] = (FAMILY,)
     region_prefixes: ClassVar[tuple[str, ...]] = ("mask",)
 

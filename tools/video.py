@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
 from visagent.errors import ToolError
 from visagent.tools.base import Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import register_loader
@@ -294,11 +295,7 @@ class VideoLlavaBundle:
 @register_loader(FAMILY, "transformers")
 def load_video_llava(checkpoint: str, device: str, dtype: Any, options: dict[str, Any]) -> VideoLlavaBundle:
     """Video-LLaVA from a Hub id or local folder; the architecture comes from its ``config.json``."""
-    from transformers import (
-        AutoConfig,
-        VideoLlavaForConditionalGeneration,
-        VideoLlavaProcessor,
-    )
+    from transformers import AutoConfig, VideoLlavaForConditionalGeneration, VideoLlavaProcessor
 
     config = AutoConfig.from_pretrained(checkpoint)
     if config.model_type != "video_llava":
@@ -362,8 +359,6 @@ class VideoFrames(Tool):
         "Sample frames uniformly over a video and register them as images (img_k, with timestamps) so "
         "detect, count, segment, caption or vqa can run on each frame."
     )
-    Input = VideoFramesInput
-    Output = VideoFramesOutput
 
     def run(self, input: VideoFramesInput, ctx: Any) -> VideoFramesOutput:  # noqa: A002
         meta, frames = sample_frames(_video(ctx, input.video), input.frames)
@@ -405,8 +400,6 @@ class VideoQAOutput(ToolOutput):
 class VideoQA(Tool):
     name = "video_qa"
     description = "Answer a question about a video with Video-LLaVA over frames sampled uniformly over its duration."
-    Input = VideoQAInput
-    Output = VideoQAOutput
     families = (FAMILY,)
 
     def run(self, input: VideoQAInput, ctx: Any) -> VideoQAOutput:  # noqa: A002

@@ -27,16 +27,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
         from visagent.agent import Agent
-        from visagent.cli import (
-            TINY_NOTE,
-            _Activity,
-            _announce_load,
-            _describe_step,
-            _load_config,
-            _print_answer,
-            err,
-            out,
-        )
+        from visagent.cli import TINY_NOTE, _Activity, _announce_load, _describe_step, _load_config, _print_answer, err, out
 
         cfg = _load_config(config, profile)
         if cfg.profile == "tiny":

@@ -24,20 +24,10 @@ def register(app: typer.Typer) -> None:
         select: Annotated[Optional[str], typer.Option("--select", "-k", help="only scenarios whose id contains this text")] = None,
     ) -> None:
         """Run scenarios; exit 1 if any failed, 2 for an invalid scenario file."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         from visagent.cli import TINY_NOTE, Exit, err, out
-        from visagent.scenarios import (
-            ScenarioRunner,
-            load_scenarios,
-            read_results,
-            write_junit,
-        )
+        from visagent.scenarios import ScenarioRunner, load_scenarios, read_results, write_junit
 
         scenarios = load_scenarios(paths)
         if select:
@@ -103,6 +93,7 @@ def _rewrite_complete(path: Path) -> None:
 
 def _print_summary(results: list[dict[str, Any]], out: Any) -> None:
     from rich.table import Table
+
     from visagent.scenarios import failure_text, summarize
 
     s = summarize(results)

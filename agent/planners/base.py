@@ -9,6 +9,7 @@ from visagent.types import MediaInfo, PlannerReply, Step
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
+
     from visagent.tools.base import Tool
 
 

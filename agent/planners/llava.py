@@ -33,10 +33,10 @@ import time
 from typing import Any
 
 from visagent.errors import PlannerOutputError, UsageError
+from visagent.grounding import final_rules
 from visagent.planners import register_planner
 from visagent.planners.base import PlannerState
 from visagent.planners.constrain import SchemaLimits, action_schema, grammar_cache
-from visagent.grounding import final_rules
 from visagent.planners.parsing import decision_from_dict, parse_action
 from visagent.planners.prompting import Message, PromptOptions, fit_messages
 from visagent.types import PlannerReply

@@ -28,7 +28,15 @@ from visagent.errors import PlannerOutputError, RunError, UsageError
 from visagent.planners import register_planner
 from visagent.planners.base import PlannerState
 from visagent.planners.llava import parse_json_text
-from visagent.planners.prompting import Message, PromptOptions, decision_from_call, estimate_tokens, fit_messages, function_specs, image_data_url  # noqa: E501
+from visagent.planners.prompting import (  # noqa: E501
+    Message,
+    PromptOptions,
+    decision_from_call,
+    estimate_tokens,
+    fit_messages,
+    function_specs,
+    image_data_url,
+)
 from visagent.types import PlannerReply
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
+
 from visagent.errors import PlannerOutputError, RunError, UsageError
 from visagent.planners.base import PlannerState
 from visagent.planners.parsing import decision_from_dict, parse_action

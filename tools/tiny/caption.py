@@ -2,176 +2,70 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from visagent.tools.models import register_tiny
-from visagent.tools.tiny.text import tiny_tokenizer
+from visagent.tools.tiny.text import SMALL, save, tiny_tokenizer
 
 TINY_IMAGE = 32
-
-
-def _tiny_vision(**extra: Any) -> dict[str, Any]:
-    cfg = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=TINY_IMAGE,
-        patch_size=8,
-    )
-    cfg.update(extra)
-    return cfg
-
-
-def _blip_processor() -> Any:
-    from transformers import BlipImageProcessor, BlipProcessor
-
-    tok = tiny_tokenizer("wordpiece", ("[DEC]",), bos_token="[DEC]")
-    return BlipProcessor(
-        image_processor=BlipImageProcessor(size={"height": TINY_IMAGE, "width": TINY_IMAGE}), tokenizer=tok
-    )
-
-
-def _blip_config(processor: Any) -> Any:
-    from transformers import BlipConfig
-
-    tok = processor.tokenizer
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.convert_tokens_to_ids("[DEC]"),
-        pad_token_id=tok.pad_token_id,
-        sep_token_id=tok.sep_token_id,
-        eos_token_id=tok.sep_token_id,
-        encoder_hidden_size=32,
-    )
-    return BlipConfig(text_config=text, vision_config=_tiny_vision(), projection_dim=32)
-
-
-def _save(model: Any, processor: Any, folder: Path) -> None:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
-def _build_tiny_blip(folder: Path, model_class: str) -> None:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    processor = _blip_processor()
-    model = getattr(transformers, model_class)(_blip_config(processor)).eval()
-    _save(model, processor, folder)
-
-
-@register_tiny("blip")
-def build_tiny_blip(folder: Path) -> None:
-    """Tiny random ``BlipForConditionalGeneration`` + ``BlipProcessor`` (32 px)."""
-    _build_tiny_blip(folder, "BlipForConditionalGeneration")
-
-
-@register_tiny("blip-vqa")
-def build_tiny_blip_vqa(folder: Path) -> None:
-    """Tiny random ``BlipForQuestionAnswering`` + ``BlipProcessor`` (32 px)."""
-    _build_tiny_blip(folder, "BlipForQuestionAnswering")
-
-
+_IMAGE = {"height": TINY_IMAGE, "width": TINY_IMAGE}
+_VISION = dict(SMALL, image_size=TINY_IMAGE, patch_size=8)
 _OPT_SPECIALS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 _NUM_QUERY = 4
 
 
-def _tiny_opt(tok: Any) -> dict[str, Any]:
-    return dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        ffn_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=512,
-        word_embed_proj_dim=32,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-
-
-def _tiny_qformer(**extra: Any) -> dict[str, Any]:
-    cfg = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        encoder_hidden_size=32,
-        max_position_embeddings=512,
-    )
-    cfg.update(extra)
-    return cfg
-
-
-@register_tiny("blip2")
-def build_tiny_blip2(folder: Path) -> None:
-    """Tiny random ``Blip2ForConditionalGeneration`` (OPT language model) + ``Blip2Processor``."""
+def _build_tiny_blip(folder: Path, model_class: str) -> None:
+    """Tiny random BLIP (``model_class``) + ``BlipProcessor`` (32 px)."""
     import torch
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-    )
+    import transformers
+    from transformers import BlipConfig, BlipImageProcessor, BlipProcessor
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer("wordpiece", ("[DEC]",), bos_token="[DEC]")
+    text = dict(
+        SMALL, vocab_size=len(tok), max_position_embeddings=512, encoder_hidden_size=32, bos_token_id=tok.convert_tokens_to_ids("[DEC]"),
+        pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
+    )  # fmt: skip
+    model = getattr(transformers, model_class)(BlipConfig(text_config=text, vision_config=_VISION, projection_dim=32)).eval()
+    save(folder, model, BlipProcessor(image_processor=BlipImageProcessor(size=_IMAGE), tokenizer=tok))
+
+
+def _build_tiny_qformer_lm(folder: Path, arch: str) -> None:
+    """Tiny ``<arch>ForConditionalGeneration`` (ViT + Q-Former + OPT) + ``<arch>Processor``;
+    InstructBLIP's Q-Former reads the instruction with a BERT tokenizer of its own."""
+    import torch
+    import transformers
+    from transformers import BlipImageProcessor
 
     torch.manual_seed(0)
     tok = tiny_tokenizer("word", _OPT_SPECIALS, ("<image>",))
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    processor = Blip2Processor(
-        image_processor=BlipImageProcessor(size={"height": TINY_IMAGE, "width": TINY_IMAGE}),
-        tokenizer=tok,
-        num_query_tokens=_NUM_QUERY,
-    )
-    config = Blip2Config(
-        vision_config=_tiny_vision(),
-        qformer_config=_tiny_qformer(),
-        text_config=_tiny_opt(tok),
-        num_query_tokens=_NUM_QUERY,
+    opt = dict(
+        SMALL, ffn_dim=64, vocab_size=len(tok), max_position_embeddings=512, word_embed_proj_dim=32,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    qformer = dict(SMALL, encoder_hidden_size=32, max_position_embeddings=512)
+    extra: dict[str, Any] = {}
+    if arch == "InstructBlip":
+        extra["qformer_tokenizer"] = qtok = tiny_tokenizer("wordpiece")
+        qformer.update(vocab_size=len(qtok), pad_token_id=qtok.pad_token_id)
+    config = getattr(transformers, f"{arch}Config")(
+        vision_config=_VISION, qformer_config=qformer, text_config=opt, num_query_tokens=_NUM_QUERY,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
+    model = getattr(transformers, f"{arch}ForConditionalGeneration")(config).eval()
+    processor = getattr(transformers, f"{arch}Processor")(
+        image_processor=BlipImageProcessor(size=_IMAGE), tokenizer=tok, num_query_tokens=_NUM_QUERY, **extra
     )
-    model = Blip2ForConditionalGeneration(config).eval()
-    _save(model, processor, folder)
+    save(folder, model, processor)
 
 
-@register_tiny("instructblip")
-def build_tiny_instructblip(folder: Path) -> None:
-    """Tiny random ``InstructBlipForConditionalGeneration`` (OPT LM, BERT Q-Former tokenizer)."""
-    import torch
-    from transformers import (
-        BlipImageProcessor,
-        InstructBlipConfig,
-        InstructBlipForConditionalGeneration,
-        InstructBlipProcessor,
-    )
-
-    torch.manual_seed(0)
-    tok = tiny_tokenizer("word", _OPT_SPECIALS, ("<image>",))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    qtok = tiny_tokenizer("wordpiece")
-    processor = InstructBlipProcessor(
-        image_processor=BlipImageProcessor(size={"height": TINY_IMAGE, "width": TINY_IMAGE}),
-        tokenizer=tok,
-        qformer_tokenizer=qtok,
-        num_query_tokens=_NUM_QUERY,
-    )
-    config = InstructBlipConfig(
-        vision_config=_tiny_vision(),
-        qformer_config=_tiny_qformer(vocab_size=len(qtok), pad_token_id=qtok.pad_token_id),
-        text_config=_tiny_opt(tok),
-        num_query_tokens=_NUM_QUERY,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-    )
-    model = InstructBlipForConditionalGeneration(config).eval()
-    _save(model, processor, folder)
+register_tiny("blip")(partial(_build_tiny_blip, model_class="BlipForConditionalGeneration"))
+register_tiny("blip-vqa")(partial(_build_tiny_blip, model_class="BlipForQuestionAnswering"))
+register_tiny("blip2")(partial(_build_tiny_qformer_lm, arch="Blip2"))  # OPT language model
+register_tiny("instructblip")(partial(_build_tiny_qformer_lm, arch="InstructBlip"))  # OPT LM, BERT Q-Former tokenizer
 
 
 @register_tiny("git")
@@ -182,21 +76,9 @@ def build_tiny_git(folder: Path) -> None:
 
     torch.manual_seed(0)
     tok = tiny_tokenizer("wordpiece")
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": TINY_IMAGE}, crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE}
-    )
-    processor = GitProcessor(image_processor=image_processor, tokenizer=tok)
     config = GitConfig(
-        vision_config=_tiny_vision(),
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = GitForCausalLM(config).eval()
-    _save(model, processor, folder)
+        vision_config=_VISION, vocab_size=len(tok), max_position_embeddings=512,
+        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, **SMALL,
+    )  # fmt: skip
+    image_processor = CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE}, crop_size=_IMAGE)
+    save(folder, GitForCausalLM(config).eval(), GitProcessor(image_processor=image_processor, tokenizer=tok))

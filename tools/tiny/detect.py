@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from visagent.tools.models import register_tiny
-from visagent.tools.tiny.text import tiny_tokenizer
 from visagent.tools.detect import _quiet
+from visagent.tools.models import register_tiny
+from visagent.tools.tiny.text import SMALL, save, tiny_tokenizer
 
 TINY_QUERIES = 20
 TINY_OFFICIAL_SIZE = 160
@@ -28,23 +28,16 @@ TINY_OFFICIAL_OVERRIDES: dict[str, Any] = {
 }
 
 
+#: the BERT text encoder of both tiny Grounding DINOs (1 layer; 256 text positions + specials)
+_BERT = dict(SMALL, num_hidden_layers=1, max_position_embeddings=260)
+
+
 def _tiny_bert(folder: Path) -> Any:
     """A tiny random ``BertModel`` + ``BertTokenizer`` saved in ``folder``; returns the tokenizer."""
     from transformers import BertConfig, BertModel
 
     tok = tiny_tokenizer("wordpiece")
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=260,
-        )
-    ).eval()
-    bert.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    save(folder, BertModel(BertConfig(vocab_size=len(tok), **_BERT)).eval(), tok)
     return tok
 
 
@@ -66,32 +59,13 @@ def build_tiny_grounding_dino(folder: Path) -> None:
     tok = tiny_tokenizer("wordpiece")
     config = GroundingDinoConfig(
         backbone_config=SwinConfig(
-            image_size=64,
-            embed_dim=16,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            out_features=["stage2", "stage3", "stage4"],
+            image_size=64, embed_dim=16, depths=[1] * 4, num_heads=[1] * 4, window_size=4, out_features=["stage2", "stage3", "stage4"]
         ),
-        text_config=BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=260,
-        ),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=2,  # >= 2: one layer with a shared bbox embed fails on tie_weights
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_n_points=2,
-        decoder_n_points=2,
-        num_queries=TINY_QUERIES,
-    )
+        text_config=BertConfig(vocab_size=len(tok), **_BERT),
+        d_model=32, encoder_layers=1, decoder_layers=2,  # >= 2: one layer with a shared bbox embed fails on tie_weights
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_n_points=2, decoder_n_points=2, num_queries=TINY_QUERIES,
+    )  # fmt: skip
     model = GroundingDinoForObjectDetection(config).eval()
     processor = GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessor(
@@ -99,8 +73,7 @@ def build_tiny_grounding_dino(folder: Path) -> None:
         ),
         tokenizer=tok,
     )
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    save(folder, model, processor)
 
 
 @register_tiny("grounding-dino", backend="official")
@@ -113,6 +86,7 @@ def build_tiny_grounding_dino_official(folder: Path) -> None:
     import torch
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
+
     from visagent.tools._gdino_compat import install
 
     install()
@@ -142,33 +116,17 @@ def build_tiny_owlv2(folder: Path) -> None:
     """Tiny random ``Owlv2ForObjectDetection`` + ``Owlv2Processor`` (64 px, character-level CLIP
     tokenizer)."""
     import torch
-    from transformers import (
-        Owlv2Config,
-        Owlv2ForObjectDetection,
-        Owlv2ImageProcessor,
-        Owlv2Processor,
-    )
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
     torch.manual_seed(0)
     tok = tiny_tokenizer("clip")
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok)
     config = Owlv2Config(
         text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+            SMALL, num_hidden_layers=1, vocab_size=len(tok), max_position_embeddings=16,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16
-        ),
+        vision_config=dict(SMALL, num_hidden_layers=1, image_size=64, patch_size=16),
         projection_dim=32,
-    )
-    model = Owlv2ForObjectDetection(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    )  # fmt: skip
+    save(folder, Owlv2ForObjectDetection(config).eval(), processor)

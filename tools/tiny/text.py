@@ -51,14 +51,7 @@ def _bpe(
     With ``template`` encoding adds ``bos`` before the text and, with ``add_eos``, ``eos`` after it
     (CLIP-style text encoders pool at the eos token); chat models leave that to their chat template.
     ``corpus`` replaces the built-in training text."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     named = dict(named_extra or {})
@@ -138,3 +131,13 @@ def tiny_tokenizer(kind: str, *args: Any, **options: Any) -> Any:
     except KeyError:
         raise ValueError(f"unknown tiny tokenizer kind '{kind}'; available: {', '.join(_KINDS)}") from None
     return build(*args, **options)
+
+
+#: the layer sizes most tiny models share (transformers config keyword names)
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
+def save(folder: Any, *parts: Any) -> None:
+    """``save_pretrained(folder)`` of each part (model, processor, tokenizer)."""
+    for part in parts:
+        part.save_pretrained(folder)

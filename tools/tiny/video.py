@@ -7,6 +7,7 @@ from pathlib import Path
 from visagent.tools.models import register_tiny
 from visagent.tools.tiny.text import tiny_tokenizer
 
+
 @register_tiny("video-llava")
 def build_tiny_video_llava(folder: Path) -> None:
     """Tiny random Video-LLaVA (CLIP vision tower 28 px / patch 14, 2-layer Llama) + processor
