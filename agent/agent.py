@@ -26,6 +26,7 @@ from visagent.grounding import FinalCheck, GroundingPolicy
 from visagent.planners import Planner, PlannerState, make_planner
 from visagent.pool import ModelPool
 from visagent.runner import ToolRunner, format_validation_error
+from visagent.safe import clean
 from visagent.session import Session, session_property
 from visagent.tools.base import Tool
 from visagent.trace import TraceWriter
@@ -37,6 +38,7 @@ from visagent.types import (
     Final,
     FinalStep,
     NoteStep,
+    PlannerReply,
     PlannerStep,
     RunMeta,
     Step,
@@ -218,6 +220,15 @@ class RunStream:
                 yield self._emit(ErrorStep(source="run", code="run", message=str(exc)))
                 self._fail("failed", str(exc))
                 return
+            except (UsageError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - nothing a planner does raises out of the run
+                errors += 1
+                log.debug("planner failed", exc_info=True)
+                msg = f"the planner failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                yield self._emit(ErrorStep(source="planner", code="planner_output", message=clean(msg)))
+                continue
+            reply = PlannerReply(decision=clean(reply.decision.model_dump()), raw=clean(reply.raw), tokens=reply.tokens)
             decision = reply.decision
             yield self._emit(
                 PlannerStep(
@@ -345,9 +356,10 @@ class Agent:
         fork = getattr(p, "fork", None)
         return fork() if callable(fork) else p
 
-    def session(self, media: Sequence[Any] = ()) -> Session:
-        """A new ``Session`` over this agent's config and pool, with ``media`` registered."""
-        return Session(self.config, self.pool, media)
+    def session(self, media: Sequence[Any] = (), allowed_roots: Sequence[str | Path] | None = None) -> Session:
+        """A new ``Session`` over this agent's config and pool, with ``media`` registered;
+        ``allowed_roots``: folders paths from outside must lie in (default ``limits.allowed_roots``)."""
+        return Session(self.config, self.pool, media, allowed_roots=allowed_roots)
 
     # -- running -----------------------------------------------------------------------------
     def stream(

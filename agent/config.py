@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from visagent.errors import UsageError
+from visagent.safe import BoundsError, load_yaml, read_text
 
 PROFILES = ("default", "tiny")
 
@@ -113,6 +114,9 @@ class Limits(BaseModel):
     tool_timeout_s: float | None = 300.0
     allow_urls: bool = False
     max_video_pixels: int = 8_294_400  # 3840 x 2160 per frame
+    #: folders that file paths from outside (media, tool arguments naming files or folders) must lie
+    #: in, symlinks resolved; None: any path (a local user's own files), []: no paths at all
+    allowed_roots: list[str] | None = None
 
 
 class PoolConfig(BaseModel):
@@ -202,7 +206,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(read_text(p, "config file"), f"config file {p}") or {}
+    except BoundsError as exc:
+        raise UsageError(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

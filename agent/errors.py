@@ -26,6 +26,10 @@ class MediaError(UsageError):
     """A media input is missing, corrupt or unsupported."""
 
 
+class ForbiddenPathError(MediaError):
+    """A path from outside lies outside the allowed roots."""
+
+
 class ModelUnavailableError(UsageError):
     """A checkpoint cannot be found offline."""
 

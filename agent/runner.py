@@ -131,6 +131,11 @@ class ToolRunner:
             inp = tool.Input.model_validate(args)
         except ValidationError as exc:
             return error("bad_args", "args", format_validation_error(name, exc))
+        try:
+            for path in inp.paths():
+                session.check_path(path)
+        except MediaError as exc:
+            return error("forbidden_path", "args", f"{name}: {exc}")
         key = inp.call_key(name)
         earlier = seen.get(key) if seen is not None else None
         if earlier is not None:

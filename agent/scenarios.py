@@ -50,6 +50,7 @@ from visagent.errors import UsageError
 from visagent.grounding import answer_number
 from visagent.media import SAMPLES
 from visagent.render import iter_regions
+from visagent.safe import BoundsError, load_yaml, read_text
 from visagent.types import Answer, ToolStep
 
 KINDS = (
@@ -225,7 +226,9 @@ def load_file(path: str | Path) -> list[Scenario]:
     if not p.is_file():
         raise ScenarioError(f"scenario file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(read_text(p, "scenario file"), f"scenario file {p}")
+    except BoundsError as exc:
+        raise ScenarioError(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

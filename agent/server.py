@@ -47,7 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visagent.config import ServerSettings
-from visagent.errors import UsageError
+from visagent.errors import ForbiddenPathError, MediaError, UsageError
+from visagent.session import inside_roots, resolve_roots
 
 __all__ = ["ServerSettings", "create_app", "is_loopback", "load_settings", "serve"]
 
@@ -251,7 +252,7 @@ class _Server:
     def __init__(self, agent: "Agent", settings: ServerSettings) -> None:
         self.agent = agent
         self.settings = settings
-        self.roots = [Path(r).expanduser().resolve() for r in settings.allowed_roots]
+        self.roots = resolve_roots(settings.allowed_roots) or []
         self.max_pixels = settings.max_pixels or agent.config.limits.max_pixels
         self.max_steps = settings.max_steps or agent.config.limits.max_steps
         self.executor = futures.ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="visagent-http")
@@ -277,12 +278,11 @@ class _Server:
         if not self.roots:
             raise Problem(403, "server-side paths are off (no server.allowed_roots configured)")
         try:
-            path = Path(raw).expanduser().resolve()
-        except (OSError, RuntimeError, ValueError):
-            raise Problem(400, f"bad path: {raw!r}") from None
-        if not any(path == root or path.is_relative_to(root) for root in self.roots):
-            raise Problem(403, f"path outside the allowed roots: {raw}")
-        return str(path)
+            return str(inside_roots(raw, self.roots))
+        except ForbiddenPathError as exc:
+            raise Problem(403, str(exc)) from None
+        except MediaError as exc:
+            raise Problem(400, str(exc)) from None
 
     def check_pixels(self, path: Path, label: str) -> None:
         from PIL import Image, UnidentifiedImageError
@@ -387,8 +387,13 @@ class _Server:
             gate.leave()
             shutil.rmtree(tmp, ignore_errors=True)
 
+        # every path a planner's tool call names must lie in the allowed roots too (none: no paths);
+        # the request's own uploads are in its temporary folder
+        session = self.agent.session(allowed_roots=[*self.roots, tmp])
         # uploads are deleted after the request, so a trace keeps copies of every input
-        run = astream(self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True)
+        run = astream(
+            self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True, session=session
+        )
         try:
             await run.start()
         except BaseException:

@@ -18,13 +18,15 @@ rebuild it and reproduce any turn of a chat.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visagent import ids
-from visagent.errors import MediaError, ToolError
+from visagent.errors import ForbiddenPathError, MediaError, ToolError
 from visagent.media import MediaStore
 from visagent.types import Answer, SessionState, ToolStep
 
@@ -60,6 +62,23 @@ def _region_class(name: str) -> type:
     return Region
 
 
+def resolve_roots(roots: Sequence[str | Path] | None) -> list[Path] | None:
+    return None if roots is None else [Path(r).expanduser().resolve() for r in roots]
+
+
+def inside_roots(raw: str | Path, roots: Sequence[Path] | None) -> Path:
+    """``raw`` resolved (symlinks followed); ``ForbiddenPathError`` unless it lies in one of ``roots``
+    (None: any path is allowed, ``[]``: none is)."""
+    try:
+        path = Path(os.path.expanduser(str(raw))).resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise MediaError(f"bad path: {str(raw)[:200]!r}") from None
+    if roots is not None and not any(path == root or path.is_relative_to(root) for root in roots):
+        what = "paths are off here (no allowed roots)" if not roots else "path outside the allowed roots"
+        raise ForbiddenPathError(f"{what}: {str(raw)[:200]}")
+    return path
+
+
 def session_property(name: str, doc: str = "") -> Any:
     """A read-only property that forwards to ``self.session.<name>`` (for objects built on a session)."""
     return property(lambda self: getattr(self.session, name), doc=doc or f"The session's ``{name}``.")
@@ -73,11 +92,15 @@ class Session:
         config: "Config",
         pool: "ModelPool | None" = None,
         media: Sequence[Any] | MediaStore = (),
+        allowed_roots: Sequence[str | Path] | None = None,
     ) -> None:
+        """``allowed_roots``: folders that paths from outside must lie in (default
+        ``config.limits.allowed_roots``; None there: any path)."""
         from visagent.context import Models
         from visagent.pool import ModelPool
 
         self.config = config
+        self.roots = resolve_roots(allowed_roots if allowed_roots is not None else config.limits.allowed_roots)
         self.models: Models = Models(config, pool or ModelPool(config.pool.budget_bytes))
         limits = config.limits
         if isinstance(media, MediaStore):
@@ -102,10 +125,16 @@ class Session:
             key = source if isinstance(source, str) else None
             if key is not None and key in self._sources:
                 return self._sources[key]
+            if self.roots is not None and isinstance(source, (str, os.PathLike)) and not str(source).startswith(("sample:", "http://", "https://")):
+                self.check_path(source)
             media_id = self.media.add(source)
             if key is not None:
                 self._sources[key] = media_id
             return media_id
+
+    def check_path(self, raw: str | Path) -> Path:
+        """A path from outside, resolved; ``ForbiddenPathError`` when it lies outside the roots."""
+        return inside_roots(raw, self.roots)
 
     def media_id(self, value: str) -> str:
         """A known media id, or ``MediaError`` listing the known ones."""

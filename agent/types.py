@@ -72,6 +72,7 @@ ERROR_CODES = (
     "planner_output",  # the planner's text is not a valid action
     "unknown_tool",
     "bad_args",  # arguments do not fit the tool's Input
+    "forbidden_path",  # an argument names a path outside the allowed roots
     "repeat",  # the same call again
     "timeout",
     "tool_error",  # the tool could not do what was asked (ToolError, MediaError, ValueError)

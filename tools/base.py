@@ -43,10 +43,26 @@ def _stripped(value: str, info: ValidationInfo) -> str:
 NonEmptyStr = Annotated[str, AfterValidator(_stripped)]
 
 
+def path_field(description: str, **kwargs: Any) -> Any:
+    """A ``Field`` for an argument naming a file or folder: the tool runner checks it against the
+    allowed roots (symlinks resolved) before the tool runs."""
+    return Field(description=description, json_schema_extra={"x-visagent-path": True}, **kwargs)
+
+
 class ToolInput(BaseModel):
     """Base of every tool's Input: unknown arguments are an error the planner is told about."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def paths(self) -> list[str]:
+        """The values of the arguments declared with ``path_field`` (files and folders named)."""
+        out: list[str] = []
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get("x-visagent-path"):
+                value = getattr(self, name)
+                out += [str(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+        return out
 
     def call_key(self, tool: str) -> str:
         """The identity of a call of ``tool`` with this input: two calls are the same when their

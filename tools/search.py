@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from visagent.errors import ToolError
 from visagent.media import file_sha256
-from visagent.tools.base import NonEmptyStr, Tool, ToolInput, ToolOutput, clip_text
+from visagent.tools.base import NonEmptyStr, Tool, ToolInput, ToolOutput, clip_text, path_field
 from visagent.tools.models import checked_config, register_loader
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -310,7 +310,7 @@ class SearchInput(ToolInput):
 
     query: NonEmptyStr = Field(min_length=1, description="what to look for, e.g. 'a red car at night'")
     images: list[str] | None = Field(default=None, description="image ids to rank (default: all images of the run)")
-    gallery: str | None = Field(default=None, description="folder of image files to rank")
+    gallery: str | None = path_field("folder of image files to rank", default=None)
     top_k: int = Field(default=10, ge=1, le=1000, description="how many results to return")
     register_top: int = Field(default=3, ge=0, le=20, description="gallery hits registered as images (img_k) for later tools")
 

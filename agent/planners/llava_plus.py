@@ -44,6 +44,7 @@ from typing import Any
 from visagent import ids
 from visagent.errors import PlannerOutputError
 from visagent.planners.parsing import register_format
+from visagent.safe import MAX_DEPTH, MAX_TEXT_CHARS, BoundsError, check_shape, clean
 from visagent.types import Action, Final
 
 _SIZES: contextvars.ContextVar[Mapping[str, tuple[int, int]] | None] = contextvars.ContextVar("llava_plus_sizes", default=None)
@@ -118,11 +119,20 @@ def _literal(text: str) -> Any:
                 break
     chunk = text[start:end] if end != -1 else text[start:]
     chunk = re.sub(r",\s*([\]}])", r"\1", chunk)
+    if len(chunk) > MAX_TEXT_CHARS:
+        raise PlannerOutputError(f"llava_plus: the action list is longer than {MAX_TEXT_CHARS} characters", raw=text[:2000])
     for attempt in (json.loads, ast.literal_eval):
         try:
-            return attempt(chunk)
+            value = attempt(chunk)
         except (ValueError, SyntaxError, json.JSONDecodeError):
             continue
+        except (RecursionError, MemoryError):
+            raise PlannerOutputError(f"llava_plus: the action list is nested deeper than {MAX_DEPTH} levels", raw=text[:2000]) from None
+        try:
+            check_shape(value, "llava_plus: the action list")
+        except BoundsError as exc:
+            raise PlannerOutputError(str(exc), raw=text[:2000]) from None
+        return clean(value)
     raise PlannerOutputError(f"llava_plus: the action list is neither JSON nor a Python literal: {chunk[:80]!r}", raw=text)
 
 
@@ -217,8 +227,8 @@ def parse_llava_plus(
     except PlannerOutputError as exc:
         exc.raw = text
         raise
-    except (TypeError, ValueError) as exc:
-        raise PlannerOutputError(f"llava_plus: bad API_params: {exc}", raw=text) from None
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise PlannerOutputError(f"llava_plus: bad API_params: {type(exc).__name__}: {str(exc)[:200]}", raw=text) from None
 
 
 @register_format("llava_plus")

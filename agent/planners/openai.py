@@ -124,9 +124,16 @@ class OpenAIPlanner:
                 raise RunError(f"the planner endpoint failed: {_short(exc2)}") from None
         except openai.OpenAIError as exc:
             raise RunError(f"the planner endpoint failed: {_short(exc)}") from None
-        if not resp.choices:
+        except ValueError as exc:  # a 200 that is not JSON (e.g. an HTML page)
+            raise RunError(f"the planner endpoint did not answer with a chat completion ({_short(exc)}); check planner.base_url") from None
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list):
+            raise RunError(f"the planner endpoint did not answer with a chat completion (got {type(resp).__name__}); check planner.base_url")
+        if not choices:
             raise PlannerOutputError("the planner endpoint returned no choices")
-        msg = resp.choices[0].message
+        msg = getattr(choices[0], "message", None)
+        if msg is None:
+            raise PlannerOutputError("the planner endpoint returned a choice without a message")
         tokens = int(getattr(resp.usage, "completion_tokens", 0) or 0) if resp.usage else 0
         calls = msg.tool_calls or []
         if calls:

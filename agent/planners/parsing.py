@@ -8,11 +8,11 @@ the object are tolerated; ``{"action": NAME, "action_input": {...}}`` is accepte
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from visagent.errors import PlannerOutputError
+from visagent.safe import BoundsError, find_json_object, load_json
 from visagent.types import Action, Final
 
 _FORMATS: dict[str, Callable[[str], Action | Final]] = {}
@@ -36,20 +36,15 @@ def parse_action(text: str, format: str = "json") -> Action | Final:  # noqa: A0
 
 
 def extract_json_object(text: str) -> dict[str, Any]:
-    """The first complete JSON object in ``text`` (code fences and surrounding prose ignored)."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    last_error = "no JSON object found"
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError as exc:
-            last_error = f"invalid JSON ({exc.msg} at character {exc.pos})"
-        else:
-            if isinstance(value, dict):
-                return value
-        start = text.find("{", start + 1)
-    raise PlannerOutputError(f"planner output is not a JSON action: {last_error}", raw=text)
+    """The first complete JSON object in ``text`` (code fences and surrounding prose ignored),
+    within ``visagent.safe``'s bounds (linear time, bounded size and depth)."""
+    try:
+        value, last_error = find_json_object(text)
+    except BoundsError as exc:
+        raise PlannerOutputError(str(exc), raw=text[:2000]) from None
+    if value is None:
+        raise PlannerOutputError(f"planner output is not a JSON action: {last_error}", raw=text)
+    return value
 
 
 def decision_from_dict(obj: dict[str, Any], raw: str = "") -> Action | Final:
@@ -69,9 +64,10 @@ def decision_from_dict(obj: dict[str, Any], raw: str = "") -> Action | Final:
         raise PlannerOutputError('action must name a tool: {"tool": NAME, "args": {...}} or give {"final": ...}', raw=raw)
     if isinstance(args, str):
         try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            raise PlannerOutputError(f"arguments of {tool} must be a JSON object", raw=raw) from None
+            args = load_json(args, f"arguments of {tool}")
+        except ValueError as exc:  # BoundsError or JSONDecodeError
+            detail = str(exc) if isinstance(exc, BoundsError) else f"arguments of {tool} must be a JSON object"
+            raise PlannerOutputError(detail, raw=raw) from None
     if not isinstance(args, dict):
         raise PlannerOutputError(f"arguments of {tool} must be a JSON object", raw=raw)
     return Action(tool=tool, args=args, thought=thought)

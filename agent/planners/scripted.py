@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from visagent.errors import PlannerOutputError, RunError, UsageError
 from visagent.planners.base import PlannerState
 from visagent.planners.parsing import decision_from_dict, parse_action
+from visagent.safe import MAX_FILE_BYTES, BoundsError, load_json, load_yaml, read_text
 from visagent.types import Action, Decision, ErrorStep, Final, PlannerReply
 
 _decision = TypeAdapter(Decision)
@@ -53,8 +54,10 @@ def load_plan(path: str | Path) -> list[Action | Final]:
     if not p.is_file():
         raise UsageError(f"plan file not found: {p}")
     try:
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        text = read_text(p, "plan file")
+        data = load_json(text, f"plan file {p}", max_chars=MAX_FILE_BYTES) if p.suffix == ".json" else load_yaml(text, f"plan file {p}")
+    except BoundsError as exc:
+        raise UsageError(str(exc)) from None
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"plan file {p} cannot be parsed: {str(exc).splitlines()[0]}") from None
     return plan_from_data(data, str(p))
