@@ -27,6 +27,7 @@ from visagent.planners import Planner, PlannerState, make_planner
 from visagent.pool import ModelPool
 from visagent.runner import ToolRunner, format_validation_error
 from visagent.safe import clean
+from visagent.secrets import redact, scrub
 from visagent.session import Session, session_property
 from visagent.tools.base import Tool
 from visagent.trace import TraceWriter
@@ -108,7 +109,7 @@ class RunStream:
                 turns=[h["question"] for h in self.history] + [question],
                 session=self.session.snapshot(),
                 media=self.media.infos(),
-                config=agent.config.model_dump(mode="json", exclude={"server"}),  # the server section may hold a token
+                config=redact(agent.config.model_dump(mode="json")),  # secrets masked by key name
                 checkpoints={k: v.checkpoint for k, v in agent.config.models.items()},
                 planner=getattr(self.planner, "name", type(self.planner).__name__),
                 seed=agent.config.planner.seed,
@@ -125,6 +126,10 @@ class RunStream:
 
     media = session_property("media")
     history = session_property("history")
+
+    def refresh_media(self) -> None:
+        """Record the session's media in the trace meta again (media added after the run was made)."""
+        self.trace.meta.media = self.media.infos()
 
     @property
     def warnings(self) -> list[str]:
@@ -144,6 +149,8 @@ class RunStream:
         return self.answer
 
     def _emit(self, step: Any) -> Any:
+        if isinstance(step, ErrorStep):  # errors may quote what a planner endpoint or a tool said
+            step.message = scrub(step.message)
         step.index = len(self.trace.steps)
         self.trace.steps.append(step)
         if self.writer is not None:
@@ -163,14 +170,17 @@ class RunStream:
             self.writer.close()
 
     def _fail(self, status: str, error: str) -> None:
-        self._finish(Answer(answer="", status=status, error=error, warnings=self.warnings))  # type: ignore[arg-type]
+        self._finish(Answer(answer="", status=status, error=scrub(error), warnings=self.warnings))  # type: ignore[arg-type]
 
     def _run(self) -> Iterator[Step]:
         if self.writer is not None:
             # inputs without a file of their own get a copy beside the trace, so the run can be replayed
             folder = self.writer.path.parent / f"{self.writer.path.name}.media"
-            if self.media.save_copies(folder, self.trace.meta.run_id, every_input=self.copy_inputs):
-                self.trace.meta.media = self.media.infos()
+            try:
+                if self.media.save_copies(folder, self.trace.meta.run_id, every_input=self.copy_inputs):
+                    self.trace.meta.media = self.media.infos()
+            except OSError as exc:
+                self.writer.error = f"cannot write the trace's input copies in {folder}: {exc.strerror or exc}"
             self.writer.meta(self.trace.meta)
         try:
             yield from self._loop()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as futures
-import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -93,8 +92,7 @@ class AsyncRunStream:
         if self.worker is not None:
             return
         loop = asyncio.get_running_loop()
-        stream = functools.partial(self.agent.stream, self.question, self.media_inputs, **self.kwargs)
-        self.run = run = await loop.run_in_executor(self.executor, stream)
+        self.run = run = await loop.run_in_executor(self.executor, self._create)
         if self.worker is not None:  # started meanwhile by another caller
             return
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -125,6 +123,19 @@ class AsyncRunStream:
 
         self.worker = loop.run_in_executor(self.executor, work)
         self.worker.add_done_callback(_log_worker_error)
+
+    def _create(self) -> "RunStream":
+        """The synchronous run, its media loaded one by one: a stopped run (e.g. its request timed
+        out) stops loading media."""
+        from visagent.errors import RunError
+
+        run = self.agent.stream(self.question, (), **self.kwargs)
+        for source in self.media_inputs:
+            if self._stop.is_set():
+                raise RunError("stopped while loading media")
+            run.session.add_media(source)
+        run.refresh_media()
+        return run
 
     async def _steps(self) -> AsyncIterator["Step"]:
         await self.start()

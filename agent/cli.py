@@ -19,6 +19,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from visagent.secrets import install_log_filter, scrub
+
 app = typer.Typer(
     name="visagent",
     help="Ask questions about images and videos; get answers grounded in boxes, masks and text.",
@@ -92,22 +94,25 @@ def ask(
             activity.follow(step)
     answer = run.answer
     assert answer is not None
-    if show is not None:
-        from visagent.render import render_answer
-
-        render_answer(answer, run.media, show)
-    if report is not None:
-        from visagent.report import write_report
-
-        write_report(answer, run.media, report)
+    problems = [run.writer.error] if run.writer is not None and run.writer.error else []
+    for path, write in ((show, _write_show), (report, _write_report)):
+        if path is not None:
+            try:
+                write(answer, run.media, path)
+            except OSError as exc:  # the answer is printed all the same
+                problems.append(f"cannot write {path}: {exc.strerror or exc}")
     if as_json:
-        sys.stdout.write(answer.model_dump_json() + "\n")
+        sys.stdout.write(scrub(answer.model_dump_json()) + "\n")
     else:
         _print_answer(answer)
+    for problem in problems:
+        err.print(f"error: {scrub(problem)}", markup=False, highlight=False)
     if not answer.ok:
         if not as_json:
             err.print(f"[red]no answer:[/red] {answer.error}")
         raise Exit(1)
+    if problems:
+        raise Exit(EXIT_WRITE)
 
 
 def _announce_load(event: str, key: Any, info: dict[str, Any]) -> None:
@@ -166,6 +171,22 @@ def _describe_step(step: Any) -> str:
     if kind == "final":
         return f"[{step.index}] final {step.answer}"
     return f"[{step.index}] {kind} {getattr(step, 'message', '')}"
+
+
+#: exit code when the answer was printed but an output file (--trace, --show, --report, --out) was not written
+EXIT_WRITE = 3
+
+
+def _write_show(answer: Any, media: Any, path: Path) -> None:
+    from visagent.render import render_answer
+
+    render_answer(answer, media, path)
+
+
+def _write_report(answer: Any, media: Any, path: Path) -> None:
+    from visagent.report import write_report
+
+    write_report(answer, media, path)
 
 
 def _print_answer(answer: Any) -> None:
@@ -276,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=os.environ.get("VISAGENT_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    install_log_filter()
     try:
         app(args=argv, standalone_mode=False)
     except Exit as exc:
@@ -283,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"error: {exc.message}", markup=False, highlight=False)
         return exc.code
     except UsageError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {scrub(str(exc))}", markup=False, highlight=False)
         return 2
     except VisagentError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {scrub(str(exc))}", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted (the trace holds every finished step)", markup=False)

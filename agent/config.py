@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from visagent.errors import UsageError
 from visagent.safe import BoundsError, load_yaml, read_text
+from visagent.secrets import redact
 
 PROFILES = ("default", "tiny")
 
@@ -130,11 +131,19 @@ class ServerSettings(BaseModel):
     - ``token``: bearer token required on ``/v1`` routes (None: no auth; env ``VISAGENT_TOKEN``).
     - ``allowed_roots``: folders whose files JSON requests may name by server-side path.
     - ``max_request_bytes``: largest request body (413 beyond).
-    - ``max_files``: most files in one multipart request.
+    - ``max_files``: most media in one request, uploaded files or JSON items alike (413 beyond).
     - ``max_pixels``: most pixels per image (413 beyond); None: the agent's ``limits.max_pixels``.
+    - ``max_total_pixels``: most decoded pixels of all a request's images together (413 beyond).
+    - ``max_question_chars``: longest question, JSON or multipart (400 beyond).
     - ``max_steps``: the largest ``max_steps`` a request may ask for; None: ``limits.max_steps``.
-    - ``timeout_s``: wall time per request (504 beyond; the run stops at its next step).
+    - ``timeout_s``: wall time per request (504 beyond; the run stops at its next step, and stops
+      loading media).
     - ``max_concurrency``: runs at once; ``max_queue``: requests waiting for a slot (429 beyond).
+    - ``read_timeout_s``: the whole time a request's headers and body may take to arrive (the
+      connection is closed beyond, however slowly the bytes trickle in).
+    - ``max_connections``: open connections in all (503 beyond); ``max_connections_per_client``:
+      open connections per client address (closed at once beyond); ``max_requests_per_client``:
+      requests in progress per client address (429 beyond).
     - ``include_trace``: whether answers carry the full trace by default.
     - ``trace_dir``: folder where each request's trace is written as ``<trace.meta.run_id>.jsonl``,
       with copies of its inputs, so that any request can be inspected and replayed.
@@ -148,17 +157,23 @@ class ServerSettings(BaseModel):
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_files: int = Field(8, ge=1)
     max_pixels: int | None = Field(None, ge=1)
+    max_total_pixels: int = Field(200_000_000, ge=1)
+    max_question_chars: int = Field(4000, ge=1)
     max_steps: int | None = Field(None, ge=1)
     timeout_s: float = Field(300.0, gt=0)
     max_concurrency: int = Field(2, ge=1)
     max_queue: int = Field(16, ge=0)
+    read_timeout_s: float = Field(20.0, gt=0)
+    max_connections: int = Field(128, ge=1)
+    max_connections_per_client: int = Field(32, ge=1)
+    max_requests_per_client: int = Field(16, ge=1)
     include_trace: bool = True
     trace_dir: str | None = None
 
 
 class Config(BaseModel):
-    """The whole configuration. ``model_dump()`` (less the ``server`` section, which may hold a
-    token) is recorded in every trace. Unknown keys are errors naming the nearest valid key."""
+    """The whole configuration. ``model_dump()``, secrets masked (``visagent.secrets.redact``), is
+    recorded in every trace. Unknown keys are errors naming the nearest valid key."""
 
     model_config = ConfigDict(extra="forbid")
     profile: Literal["default", "tiny"] = "default"
@@ -301,6 +316,8 @@ def load_config(
         data = _merge(data, layer)
     data["profile"] = chosen
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise UsageError(_format_validation(exc, f" ({path})" if path else "")) from None
+    redact(config.model_dump(mode="json"))  # registers every secret value, so it is scrubbed wherever it would appear
+    return config

@@ -14,6 +14,7 @@ import hashlib
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+#: still-image containers, checked before the video signatures: HEIF / AVIF share mp4's ``ftyp``
+#: box and a GIF starts with the MPEG-TS sync byte ("G")
+_IMAGE_MAGIC = (
+    (0, b"\x89PNG"), (0, b"\xff\xd8\xff"), (0, b"GIF8"), (0, b"BM"), (0, b"II*\x00"), (0, b"MM\x00*"),
+    (8, b"WEBP"), (0, b"\x00\x00\x01\x00"),
+)  # fmt: skip
+_IMAGE_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+
+
+def image_format(head: bytes) -> str | None:
+    """The still-image container ``head`` starts with (PNG, JPEG, GIF, BMP, TIFF, WebP, ICO, HEIF/AVIF), or None."""
+    names = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "TIFF", "WebP", "ICO")
+    for (offset, magic), name in zip(_IMAGE_MAGIC, names):
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    if head[4:8] == b"ftyp":
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(len(head), 64), 4)}
+        if brands & _IMAGE_BRANDS:
+            return "AVIF" if brands & {b"avif", b"avis"} else "HEIF"
+    return None
+
+
 def _looks_like_video(head: bytes) -> bool:
+    if image_format(head):
+        return False
     for offset, magic in _VIDEO_MAGIC[:-1]:
         if head[offset : offset + len(magic)] == magic:
             return True
@@ -132,6 +157,10 @@ def load_image_file(path: Path, max_pixels: int) -> tuple[Image.Image, list[str]
             f"{path}: image is over the limit of {limit / 1e6:.1f} MP (raise limits.max_pixels to allow it)"
         ) from None
     except UnidentifiedImageError:
+        with open(path, "rb") as fh:
+            fmt = image_format(fh.read(64))
+        if fmt:
+            raise MediaError(f"{path.name}: unsupported image format ({fmt}): this Pillow cannot decode it; convert it to PNG or JPEG") from None
         raise MediaError(f"{path}: not an image or video (unrecognized content)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError(f"{path}: image file is truncated or corrupt ({exc})") from None
@@ -151,13 +180,26 @@ def load_image_file(path: Path, max_pixels: int) -> tuple[Image.Image, list[str]
     return img, notes
 
 
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def check_path(path: Path) -> None:
-    if not path.exists():
-        raise MediaError(f"media not found: {path}")
-    if path.is_dir():
-        raise MediaError(f"{path} is a directory, not an image or video file")
-    if not path.is_file():
-        raise MediaError(f"{path} is not a regular file")
+    long = next((part for part in path.parts if len(part.encode()) > 255), None)
+    if long is not None:
+        raise MediaError(f"file name too long ({len(long.encode())} bytes; at most 255): {long[:40]}...")
+    try:
+        if not path.exists():
+            raise MediaError(f"media not found: {path}")
+        if path.is_dir():
+            raise MediaError(f"{path} is a directory, not an image or video file")
+        if not path.is_file():
+            raise MediaError(f"{path} is not a regular file")
+    except OSError as exc:
+        raise MediaError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if path.stat().st_size == 0:
         raise MediaError(f"{path} is empty (0 bytes)")
 
@@ -267,13 +309,19 @@ class MediaStore:
             tmp = tempfile.NamedTemporaryFile(prefix="visagent-", suffix=".video", delete=False)
             tmp.write(data)
             tmp.close()
-            media_id = self.add_path(Path(tmp.name))
+            # the store's own copy, removed with the store (or at exit)
+            weakref.finalize(self, _remove_file, tmp.name)
+            try:
+                media_id = self.add_path(Path(tmp.name))
+            except MediaError:
+                _remove_file(tmp.name)
+                raise
             self._items[media_id].temporary = True
             return media_id
-        tmp_dir = Path(tempfile.mkdtemp(prefix="visagent-"))
-        p = tmp_dir / "upload"
-        p.write_bytes(data)
-        img, notes = load_image_file(p, self.max_pixels)
+        with tempfile.TemporaryDirectory(prefix="visagent-") as tmp_dir:  # decoded in full, then removed
+            p = Path(tmp_dir) / "upload"
+            p.write_bytes(data)
+            img, notes = load_image_file(p, self.max_pixels)
         return self.add_image(img, source, notes=notes)
 
     def _add_url(self, url: str) -> str:

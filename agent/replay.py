@@ -51,13 +51,16 @@ def canonical(args: Any) -> str:
 
 # -- media --------------------------------------------------------------------------------------
 def reload_media(
-    infos: list[MediaInfo], config: Config, base: Path | None = None, trace_dir: Path | None = None
+    infos: list[MediaInfo], config: Config, base: Path | None = None, trace_dir: Path | None = None, media_dir: Path | None = None
 ) -> list[Any]:
-    """Sources to pass to the run, checked against the recorded sha256 (``UsageError`` if changed).
+    """Sources to pass to the run, checked against the recorded sha256 (``UsageError`` if changed,
+    or if the trace records none: nothing unchecked is loaded).
 
-    Only the run's inputs are re-loaded (frames a tool produced carry a ``parent``). An input
-    without a file of its own (in-memory image, bytes, URL) comes from the copy written beside the
-    trace (``MediaInfo.saved_copy``, relative to ``trace_dir``).
+    Only the run's inputs are re-loaded (frames a tool produced carry a ``parent``). A relative path
+    is looked up in the current folder, then beside the trace. An input without a file of its own
+    (in-memory image, bytes, URL) comes from the copy written beside the trace
+    (``MediaInfo.saved_copy``, relative to ``trace_dir``), which must lie in the trace's own media
+    folder ``media_dir``.
     """
     from PIL import Image
 
@@ -70,7 +73,9 @@ def reload_media(
         source: Any = info.source
         fileless = source in _UNLOADABLE or source.startswith(("http://", "https://"))
         if info.saved_copy and (fileless or not Path(source).exists()):
-            copy = (trace_dir or Path.cwd()) / info.saved_copy
+            copy = ((trace_dir or Path.cwd()) / info.saved_copy).resolve()
+            if media_dir is not None and not copy.is_relative_to(media_dir.resolve()):
+                raise UsageError(f"cannot re-load {info.id}: its copy {info.saved_copy} lies outside the trace's media folder {media_dir}")
             if not copy.is_file():
                 raise UsageError(f"cannot re-load {info.id}: its copy {copy} is missing (it is written beside the trace)")
             if info.kind == "image":
@@ -83,11 +88,16 @@ def reload_media(
                 f"cannot re-load {info.id}: its source was {info.source!r} and the trace has no copy of it "
                 "(replay needs file paths, sample:NAME, or a trace written with its input copies)"
             )
-        if isinstance(source, str) and not source.startswith("sample:") and base is not None and not Path(source).is_absolute() and not Path(source).exists():
-            source = str(base / source)
+        if isinstance(source, str) and not source.startswith("sample:") and not Path(source).is_absolute() and not Path(source).exists():
+            for folder in (base, trace_dir):
+                if folder is not None and (folder / source).exists():
+                    source = str(folder / source)
+                    break
+        if not info.sha256:
+            raise UsageError(f"the trace records no sha256 for {info.id} ({info.source}): it cannot be checked, so it is not replayed")
         media_id = check.add(source)
         got = check.info(media_id).sha256
-        if info.sha256 and got != info.sha256:
+        if got != info.sha256:
             raise UsageError(
                 f"{info.id} ({info.source}) has changed since the run: sha256 {got[:12]}... != recorded {info.sha256[:12]}..."
             )
@@ -299,10 +309,13 @@ def replay(
     config: Config | None = None,
     tools: list[type[Tool]] | None = None,
     pool: Any = None,
+    trust_trace_config: bool = False,
 ) -> ReplayResult:
     """Replay ``trace_path`` (see the module docstring).
 
-    ``config``: defaults to the recorded configuration (limits, thresholds, checkpoints).
+    ``config``: defaults to the recorded configuration (limits, thresholds) when the recorded
+    decisions are replayed (no model is loaded); re-planning uses the current configuration
+    (``load_config()``: its checkpoints, not the ones a trace names) unless ``trust_trace_config``.
     ``tools``: tool classes whose schemas (and, when re-planning, code) serve the replay, on top
     of the registered tools. ``planner``: None to replay the recorded decisions, or a planner /
     planner spec (``llava``, ``script:PLAN.yaml``) to re-plan.
@@ -314,16 +327,18 @@ def replay(
 
     path = Path(trace_path)
     trace, record = read_trace(path)
+    replanning = planner is not None
+    if config is None and replanning and not trust_trace_config:
+        config = load_config()
     if config is None:
         try:
             config = Config.model_validate(trace.meta.config) if trace.meta.config else load_config()
         except ValidationError as exc:
             raise UsageError(f"{path}: the recorded configuration is invalid: {exc.errors()[0]['msg']}") from None
-    sources = reload_media(trace.meta.media, config, base=Path.cwd(), trace_dir=path.parent)
+    sources = reload_media(trace.meta.media, config, base=Path.cwd(), trace_dir=path.parent, media_dir=path.parent / f"{path.name}.media")
     classes: dict[str, type[Tool]] = dict(load_tools())
     for t in tools or []:
         classes[t.name] = t
-    replanning = planner is not None
     recording = Recording(trace.steps, renumber=replanning, run_missing=replanning, inputs={n: c.Input for n, c in classes.items()})
     replay_tools: list[Any] = [c() for c in classes.values()]
     replay_tools += [RecordedTool(n) for n in dict.fromkeys(s.tool for s in trace.tool_steps()) if n not in classes]

@@ -21,6 +21,7 @@ from PIL import Image
 from visagent import ids
 from visagent.media import MediaStore
 from visagent.render import annotate, iter_regions, region_label, render_regions
+from visagent.secrets import scrub
 from visagent.types import Answer, ToolStep
 
 log = logging.getLogger(__name__)
@@ -246,5 +247,5 @@ def write_report(answer: Answer, media: MediaStore, path: Path | str) -> None:
     out = Path(path)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_html(answer, media), encoding="utf-8")
+    out.write_text(scrub(report_html(answer, media)), encoding="utf-8")
     log.info("wrote report %s", out)

@@ -207,6 +207,15 @@ class Scenario(BaseModel):
             rel = str(self._file)
         return f"{rel}::{self.name}"
 
+    @property
+    def key(self) -> str:
+        """The scenario's identity for ``--resume``: its file's absolute path and its content, so a
+        results file means the same scenarios from any working folder, and an edited one runs again."""
+        import hashlib
+
+        content = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+        return hashlib.sha256(f"{self._file.resolve()}::{content}".encode()).hexdigest()[:16]
+
     def media_sources(self) -> list[str]:
         base = self._file.parent
         return [m if m.startswith("sample:") else str((base / m).resolve()) for m in self.media]
@@ -449,7 +458,7 @@ class ScenarioRunner:
         from visagent.planners import ScriptedPlanner
 
         result: dict[str, Any] = {
-            "id": scenario.id, "file": str(scenario.file), "name": scenario.name, "passed": False,
+            "id": scenario.id, "key": scenario.key, "file": str(scenario.file.resolve()), "name": scenario.name, "passed": False,
             "skipped": None, "status": None, "text": None, "error": None, "checks": [], "ms": 0.0,
             "tools": [], "evidence": [], "profile": scenario.profile or self.profile, "answer": None,
         }  # fmt: skip

@@ -48,6 +48,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visagent.config import ServerSettings
 from visagent.errors import ForbiddenPathError, MediaError, UsageError
+from visagent.netlimits import PerClientLimit
+from visagent.secrets import register, scrub
 from visagent.session import inside_roots, resolve_roots
 
 __all__ = ["ServerSettings", "create_app", "is_loopback", "load_settings", "serve"]
@@ -70,6 +72,10 @@ def load_settings(config: Any = None, environ: dict[str, str] | None = None, **f
     if env.get("VISAGENT_TOKEN"):
         data["token"] = env["VISAGENT_TOKEN"]
     data.update({k: v for k, v in flags.items() if v is not None})
+    if isinstance(data.get("token"), str):
+        if not data["token"].strip():
+            raise UsageError("the server token is empty or only white space: give a real token, or none")
+        register(data["token"])
     try:
         return ServerSettings.model_validate(data)
     except ValidationError as exc:
@@ -113,7 +119,7 @@ class AskRequest(BaseModel):
     """JSON body of ``/v1/ask`` and ``/v1/ask/stream``. Media become img_0.. / vid_0.. in order."""
 
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=100_000)
     media: list[MediaItem] = Field(min_length=1)
     max_steps: int | None = Field(None, ge=1)
     include_trace: bool | None = None
@@ -284,16 +290,34 @@ class _Server:
         except MediaError as exc:
             raise Problem(400, str(exc)) from None
 
-    def check_pixels(self, path: Path, label: str) -> None:
+    def check_pixels(self, path: Path, label: str, budget: list[int]) -> None:
+        """413 for an image over ``max_pixels``, or once the request's images together pass
+        ``max_total_pixels`` (``budget``: the pixels left, updated)."""
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as img:
                 w, h = img.size
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        except Image.DecompressionBombError:
+            raise Problem(413, f"{label}: image is over the server limit of {self.max_pixels / 1e6:.1f} MP") from None
+        except (UnidentifiedImageError, OSError, ValueError):
             return  # a video, or not an image: the media store gives the precise reason
         if w * h > self.max_pixels:
             raise Problem(413, f"{label}: image has {w}x{h} = {w * h / 1e6:.1f} MP, over the server limit of {self.max_pixels / 1e6:.1f} MP")
+        budget[0] -= w * h
+        if budget[0] < 0:
+            limit = self.settings.max_total_pixels
+            raise Problem(413, f"{label}: the request's images add up to over {limit / 1e6:.0f} MP (server.max_total_pixels)")
+
+    def check_question(self, question: str) -> str:
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise Problem(400, f"the question is {len(question)} characters long, over the limit of {limit} (server.max_question_chars)")
+        return question
+
+    def check_count(self, n: int) -> None:
+        if n > self.settings.max_files:
+            raise Problem(413, f"too many media: {n} (server.max_files is {self.settings.max_files})")
 
     def check_steps(self, max_steps: int | None) -> int | None:
         if max_steps is not None and not 1 <= max_steps <= self.max_steps:
@@ -317,14 +341,16 @@ class _Server:
                 raise Problem(422, _one_line_validation(exc)) from None
             if body.include_trace is not None:
                 include_trace = body.include_trace
-            sources = []
+            self.check_question(body.question)
+            self.check_count(len(body.media))
+            sources, budget = [], [self.settings.max_total_pixels]
             for i, item in enumerate(body.media):
                 if item.sample is not None:
                     sources.append(f"sample:{item.sample}")
                 elif item.path is not None:
                     path = self.check_path(item.path)
                     if Path(path).is_file():
-                        self.check_pixels(Path(path), f"media[{i}]")
+                        self.check_pixels(Path(path), f"media[{i}]", budget)
                     sources.append(path)
                 else:
                     data = item.data or ""
@@ -338,7 +364,7 @@ class _Server:
                         raise Problem(400, f"media[{i}].data is empty")
                     path = tmp / _safe_name(item.filename, i)
                     path.write_bytes(raw)
-                    self.check_pixels(path, item.filename or f"media[{i}]")
+                    self.check_pixels(path, item.filename or f"media[{i}]", budget)
                     sources.append(str(path))
             return body.question, sources, self.check_steps(body.max_steps), include_trace
         raise Problem(415, f"unsupported content type {ctype or 'none'!r}: send multipart/form-data or application/json")
@@ -347,6 +373,7 @@ class _Server:
         question = form.get("question")
         if not isinstance(question, str) or not question.strip():
             raise Problem(400, "the form needs a non-empty 'question' field")
+        self.check_question(question)
         raw_steps = form.get("max_steps")
         max_steps = None
         if raw_steps not in (None, ""):
@@ -360,12 +387,13 @@ class _Server:
         files = [f for f in form.getlist("files") if not isinstance(f, str)]
         if not files:
             raise Problem(400, "the form needs at least one file in 'files'")
-        sources = []
+        self.check_count(len(files))
+        sources, budget = [], [self.settings.max_total_pixels]
         for i, upload in enumerate(files):
             path = tmp / _safe_name(upload.filename, i)
             with open(path, "wb") as fh:
                 await asyncio.to_thread(shutil.copyfileobj, upload.file, fh)
-            self.check_pixels(path, upload.filename or f"files[{i}]")
+            self.check_pixels(path, upload.filename or f"files[{i}]", budget)
             sources.append(str(path))
         return question, sources, self.check_steps(max_steps), include_trace
 
@@ -396,7 +424,11 @@ class _Server:
         )
         try:
             await run.start()
+        except UsageError as exc:  # name the upload, not the server's temporary copy of it
+            done()
+            raise UsageError(re.sub(re.escape(str(tmp)) + r"/\d+_", "", str(exc))) from None
         except BaseException:
+            run.stop()  # e.g. the request timed out: the media still loading are not loaded
             done()
             raise
         assert run.worker is not None
@@ -408,7 +440,7 @@ def _answer_json(answer: "Answer", include_trace: bool) -> dict[str, Any]:
     data = answer.model_dump(mode="json")
     if not include_trace:
         data["trace"] = {"meta": data["trace"]["meta"], "steps": []}
-    return data
+    return json.loads(scrub(json.dumps(data)))
 
 
 def _error_for(exc: BaseException) -> Problem:
@@ -453,6 +485,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     )
     app.state.visagent = srv
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(PerClientLimit, max_requests=settings.max_requests_per_client)
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -528,12 +561,16 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     )
     async def ask(request: Request) -> JSONResponse:
         question, sources, max_steps, include_trace, tmp = await _prepared(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.timeout_s
         try:
-            run = await srv.start(question, sources, max_steps, tmp)
+            run = await asyncio.wait_for(srv.start(question, sources, max_steps, tmp), settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise Problem(504, _timeout_message(settings.timeout_s)) from None
         except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
             raise _error_for(exc) from None
         try:
-            answer = await asyncio.wait_for(run.result(), settings.timeout_s)
+            answer = await asyncio.wait_for(run.result(), max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError:
             run.stop()
             raise Problem(504, _timeout_message(settings.timeout_s)) from None
@@ -651,5 +688,11 @@ def serve(agent: "Agent", settings: ServerSettings, log_level: str = "warning") 
         raise UsageError(
             f"refusing to listen on {settings.host} without a token: pass --token (or set VISAGENT_TOKEN), or use --host 127.0.0.1"
         )
+    from visagent.netlimits import deadline_protocol
+
     app = create_app(agent, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    protocol = deadline_protocol(settings.read_timeout_s, settings.max_connections_per_client)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+        http=protocol, limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5,
+    )  # fmt: skip

@@ -18,6 +18,7 @@ from typing import IO, Any
 from pydantic import TypeAdapter, ValidationError
 
 from visagent.errors import UsageError
+from visagent.secrets import scrub
 from visagent.types import TRACE_FORMAT, Answer, RunMeta, Step, Trace
 
 _step = TypeAdapter(Step)
@@ -28,16 +29,28 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        #: why the trace could not be written (the run goes on without it), or None
+        self.error: str | None = None
+        self._fh: IO[str] | None = None
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = f"cannot write the trace {self.path}: {exc.strerror or exc}"
+        self.close()
 
     def _write(self, line: str) -> None:
         if self._fh is None:
             return
-        self._fh.write(line)
-        self._fh.write("\n")
-        self._fh.flush()
+        try:
+            self._fh.write(scrub(line) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # full disk, read-only folder: the run goes on, the error is reported
+            self._failed(exc)
 
     def meta(self, meta: RunMeta) -> None:
         self._write('{"type":"meta",' + meta.model_dump_json()[1:])
@@ -55,7 +68,10 @@ class TraceWriter:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError as exc:
+                self.error = self.error or f"cannot write the trace {self.path}: {exc.strerror or exc}"
             self._fh = None
 
 

@@ -114,6 +114,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, root: Path, traces: Path) -
                     "max_concurrency": 4,
                     "max_queue": 64,
                     "timeout_s": 120,
+                    # one test client sends 32 requests at once
+                    "max_connections_per_client": 40,
+                    "max_requests_per_client": 40,
                 }
             }
         )

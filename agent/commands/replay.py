@@ -19,6 +19,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="re-plan with this planner (llava, openai, script:PLAN.yaml); recorded outputs serve matching calls"),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with the outcome")] = False,
+        trust_trace_config: Annotated[
+            bool, typer.Option("--trust-trace-config", help="re-plan with the trace's recorded configuration (its checkpoints) instead of the current one")
+        ] = False,
         show: Annotated[Optional[Path], typer.Option(help="save the replayed answer's evidence drawn (PNG)")] = None,
         report: Annotated[Optional[Path], typer.Option(help="save an HTML report of the replayed run")] = None,
     ) -> None:
@@ -26,7 +29,7 @@ def register(app: typer.Typer) -> None:
         from visagent.cli import Exit, out
         from visagent.replay import replay as run_replay
 
-        result = run_replay(trace, planner=planner)
+        result = run_replay(trace, planner=planner, trust_trace_config=trust_trace_config)
         if show is not None or report is not None:
             media = result.media
             if show is not None:

@@ -26,8 +26,9 @@ def register(app: typer.Typer) -> None:
         """Run scenarios; exit 1 if any failed, 2 for an invalid scenario file."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from visagent.cli import TINY_NOTE, Exit, err, out
+        from visagent.cli import EXIT_WRITE, TINY_NOTE, Exit, err, out
         from visagent.scenarios import ScenarioRunner, load_scenarios, read_results, write_junit
+        from visagent.secrets import scrub
 
         scenarios = load_scenarios(paths)
         if select:
@@ -37,8 +38,9 @@ def register(app: typer.Typer) -> None:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise Exit(2, f"scenario {dup} is listed twice")
         previous: dict[str, dict[str, Any]] = {}
-        if resume:
-            previous = {r["id"]: r for r in read_results(out_path) if r["id"] in set(ids)}
+        if resume:  # scenarios are matched by absolute file and content (``key``), not by the id's relative path
+            by_key = {s.key: s.id for s in scenarios}
+            previous = {by_key[r["key"]]: {**r, "id": by_key[r["key"]]} for r in read_results(out_path) if r.get("key") in by_key}
             _rewrite_complete(out_path)
         elif out_path.exists():
             out_path.unlink()
@@ -46,10 +48,14 @@ def register(app: typer.Typer) -> None:
         if profile == "tiny" and any(s.profile is None for s in todo):
             err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
         runner = ScenarioRunner(profile=profile, config_path=config, planner=planner)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            results_file = out_path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise Exit(EXIT_WRITE, f"cannot write {out_path}: {exc.strerror or exc}") from None
         lock = threading.Lock()
         new: dict[str, dict[str, Any]] = {}
-        with out_path.open("a", encoding="utf-8") as fh, Progress(
+        with results_file as fh, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
             transient=False, disable=not todo,
         ) as progress:  # fmt: skip
@@ -58,7 +64,7 @@ def register(app: typer.Typer) -> None:
             def one(sc: Any) -> None:
                 result = runner.run(sc)
                 with lock:
-                    fh.write(json.dumps(result, default=str) + "\n")
+                    fh.write(scrub(json.dumps(result, default=str)) + "\n")
                     fh.flush()
                     new[sc.id] = result
                     mark = "skip" if result["skipped"] else ("ok" if result["passed"] else "FAIL")
@@ -76,7 +82,10 @@ def register(app: typer.Typer) -> None:
         results = [new.get(i) or previous[i] for i in ids]
         _print_summary(results, out)
         if junit is not None:
-            write_junit(results, junit)
+            try:
+                write_junit(results, junit)
+            except OSError as exc:
+                raise Exit(EXIT_WRITE, f"cannot write {junit}: {exc.strerror or exc}") from None
         if any(not r["skipped"] and not r["passed"] for r in results):
             raise Exit(1)
 

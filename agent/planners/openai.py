@@ -37,6 +37,7 @@ from visagent.planners.prompting import (  # noqa: E501
     function_specs,
     image_data_url,
 )
+from visagent.secrets import register
 from visagent.types import PlannerReply
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class OpenAIPlanner:
             base_url = pc.base_url or os.environ.get("OPENAI_BASE_URL")
             client = OpenAI(
                 base_url=base_url,
-                api_key=os.environ.get(pc.api_key_env) or "EMPTY",
+                api_key=_api_key(pc.api_key_env),
                 timeout=opts.timeout,
                 max_retries=opts.max_retries,
             )
@@ -151,6 +152,12 @@ class OpenAIPlanner:
         if not text.strip():
             raise PlannerOutputError("the planner endpoint returned an empty message", raw=text)
         return PlannerReply(decision=parse_json_text(text), raw=text, tokens=tokens)
+
+
+def _api_key(env: str) -> str:
+    key = os.environ.get(env) or "EMPTY"
+    register(key)  # never in a trace, log or error message
+    return key
 
 
 def _short(exc: Exception) -> str:
