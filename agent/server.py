@@ -349,7 +349,7 @@ class _Server:
                     sources.append(f"sample:{item.sample}")
                 elif item.path is not None:
                     path = self.check_path(item.path)
-                    if Path(path).is_file():
+                    if _is_file(path):
                         self.check_pixels(Path(path), f"media[{i}]", budget)
                     sources.append(path)
                 else:
@@ -436,6 +436,13 @@ class _Server:
         return run
 
 
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False  # the media store names the problem
+
+
 def _answer_json(answer: "Answer", include_trace: bool) -> dict[str, Any]:
     data = answer.model_dump(mode="json")
     if not include_trace:
@@ -499,6 +506,13 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _one_line_validation(exc)}, status_code=422)
+
+    from starlette.requests import ClientDisconnect
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:  # nobody reads it; no traceback
+        log.info("the client went away before its request was read")
+        return JSONResponse({"detail": "the client went away"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:

@@ -69,6 +69,9 @@ def resolve_roots(roots: Sequence[str | Path] | None) -> list[Path] | None:
 def inside_roots(raw: str | Path, roots: Sequence[Path] | None) -> Path:
     """``raw`` resolved (symlinks followed); ``ForbiddenPathError`` unless it lies in one of ``roots``
     (None: any path is allowed, ``[]``: none is)."""
+    long = next((part for part in Path(str(raw)).parts if len(part.encode()) > 255), None)
+    if long is not None:
+        raise MediaError(f"file name too long ({len(long.encode())} bytes; at most 255): {long[:40]}...")
     try:
         path = Path(os.path.expanduser(str(raw))).resolve()
     except (OSError, RuntimeError, ValueError):
