@@ -62,6 +62,8 @@ class AsyncRunStream:
         self.run: "RunStream | None" = None  # the synchronous run, once started
         self.answer: "Answer | None" = None
         self.worker: "asyncio.Future[None] | None" = None
+        #: the event-loop time by which a caller with a deadline (the HTTP server) wants it done
+        self.deadline: float | None = None
         self._stop = threading.Event()
         self._queue: asyncio.Queue[Any] | None = None
         self._iter: AsyncIterator["Step"] | None = None

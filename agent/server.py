@@ -422,8 +422,13 @@ class _Server:
         run = astream(
             self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True, session=session
         )
-        try:
-            await run.start()
+        run.deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
+        try:  # the time waiting for a slot does not count; loading the media does
+            await asyncio.wait_for(run.start(), self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            run.stop()
+            done()
+            raise Problem(504, _timeout_message(self.settings.timeout_s)) from None
         except UsageError as exc:  # name the upload, not the server's temporary copy of it
             done()
             raise UsageError(re.sub(re.escape(str(tmp)) + r"/\d+_", "", str(exc))) from None
@@ -576,15 +581,12 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     async def ask(request: Request) -> JSONResponse:
         question, sources, max_steps, include_trace, tmp = await _prepared(request)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.timeout_s
         try:
-            run = await asyncio.wait_for(srv.start(question, sources, max_steps, tmp), settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise Problem(504, _timeout_message(settings.timeout_s)) from None
+            run = await srv.start(question, sources, max_steps, tmp)
         except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
             raise _error_for(exc) from None
         try:
-            answer = await asyncio.wait_for(run.result(), max(deadline - loop.time(), 0.001))
+            answer = await asyncio.wait_for(run.result(), max((run.deadline or 0.0) - loop.time(), 0.001))
         except asyncio.TimeoutError:
             run.stop()
             raise Problem(504, _timeout_message(settings.timeout_s)) from None
@@ -612,14 +614,12 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     async def ask_stream(request: Request) -> StreamingResponse:
         question, sources, max_steps, include_trace, tmp = await _prepared(request)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.timeout_s
         # media problems are plain HTTP errors: the run has accepted its media once it has started
         try:
-            run = await asyncio.wait_for(srv.start(question, sources, max_steps, tmp), settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise Problem(504, _timeout_message(settings.timeout_s)) from None
+            run = await srv.start(question, sources, max_steps, tmp)
         except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
             raise _error_for(exc) from None
+        deadline = run.deadline or loop.time() + settings.timeout_s
 
         async def events() -> AsyncIterator[bytes]:
             steps = run.__aiter__()
