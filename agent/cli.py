@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from visagent.secrets import install_log_filter, scrub
+from visagent.types import describe_step
 
 app = typer.Typer(
     name="visagent",
@@ -90,7 +91,7 @@ def ask(
         run = agent.stream(question, media, trace_path=trace, max_steps=max_steps, progress=activity.progress)
         for step in run:
             if verbose:
-                err.print(_describe_step(step))
+                err.print(describe_step(step))
             activity.follow(step)
     answer = run.answer
     assert answer is not None
@@ -155,22 +156,6 @@ class _Activity:
             self.status.update(f"{message}: {done}/{total}")
         elif done == total or done * 10 // total > (done - 1) * 10 // total:  # every 10% in logs
             err.print(f"{message}: {done}/{total}", highlight=False)
-
-
-def _describe_step(step: Any) -> str:
-    kind = step.type
-    if kind == "planner":
-        act = step.action
-        what = f"final: {act.answer}" if act.kind == "final" else f"{act.tool} {json.dumps(act.args)}"
-        return f"[{step.index}] plan  {what}  ({step.ms:.0f} ms)"
-    if kind == "tool":
-        cache = f" cache={step.cache}" if step.cache else ""
-        return f"[{step.index}] tool  {step.tool}: {step.observation}  ({step.ms:.0f} ms){cache}"
-    if kind == "error":
-        return f"[{step.index}] error ({step.source}) {step.message}"
-    if kind == "final":
-        return f"[{step.index}] final {step.answer}"
-    return f"[{step.index}] {kind} {getattr(step, 'message', '')}"
 
 
 #: exit code when the answer was printed but an output file (--trace, --show, --report, --out) was not written

@@ -398,7 +398,9 @@ class _Server:
         return question, sources, self.check_steps(max_steps), include_trace
 
     # -- running ------------------------------------------------------------------------------
-    async def start(self, question: str, sources: list[str], max_steps: int | None, tmp: Path) -> "AsyncRunStream":
+    async def start(
+        self, question: str, sources: list[str], max_steps: int | None, tmp: Path, history: list[dict[str, Any]] | None = None
+    ) -> "AsyncRunStream":
         """Wait for a slot (429 if the queue is full), validate the media and start the run on the
         server's worker threads, through the same bridge as ``Agent.astream``.
 
@@ -418,6 +420,7 @@ class _Server:
         # every path a planner's tool call names must lie in the allowed roots too (none: no paths);
         # the request's own uploads are in its temporary folder
         session = self.agent.session(allowed_roots=[*self.roots, tmp])
+        session.history = [dict(h) for h in history or []]
         # uploads are deleted after the request, so a trace keeps copies of every input
         run = astream(
             self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True, session=session
@@ -643,6 +646,10 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    from visagent.openai_api import MODEL_ID, add_routes
+
+    add_routes(app, srv, auth)
+
     @app.get("/v1/tools", dependencies=[Depends(auth)], responses=errors, summary="The tools' specs")
     async def list_tools() -> list[dict[str, Any]]:
         return [type(t).spec() for t in agent.tools.values()]
@@ -651,6 +658,9 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     async def list_models() -> dict[str, Any]:
         cfg = agent.config
         return {
+            # OpenAI's list shape (client.models.list()), then visagent's own view
+            "object": "list",
+            "data": [{"id": MODEL_ID, "object": "model", "created": int(srv.started), "owned_by": "visagent"}],
             "profile": cfg.profile,
             "planner": getattr(agent._planner, "name", None) or str(agent._planner_spec or cfg.planner.kind),
             "checkpoints": {f: {"checkpoint": m.checkpoint, "backend": m.backend, "revision": m.revision} for f, m in cfg.models.items()},

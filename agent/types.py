@@ -126,6 +126,25 @@ Step = Annotated[
 ]
 
 
+def describe_step(step: Step) -> str:
+    """One line for people: ``[2] tool  detect: 2 cups found ... (31 ms)``."""
+    kind = step.type
+    if isinstance(step, PlannerStep):
+        act = step.action
+        import json
+
+        what = f"final: {act.answer}" if act.kind == "final" else f"{act.tool} {json.dumps(act.args)}"
+        return f"[{step.index}] plan  {what}  ({step.ms:.0f} ms)"
+    if isinstance(step, ToolStep):
+        cache = f" cache={step.cache}" if step.cache else ""
+        return f"[{step.index}] tool  {step.tool}: {step.observation}  ({step.ms:.0f} ms){cache}"
+    if isinstance(step, ErrorStep):
+        return f"[{step.index}] error ({step.source}) {step.message}"
+    if isinstance(step, FinalStep):
+        return f"[{step.index}] final {step.answer}"
+    return f"[{step.index}] {kind} {getattr(step, 'message', '')}"
+
+
 class MediaInfo(BaseModel):
     id: str
     kind: Literal["image", "video"]

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
         from visagent.agent import Agent
-        from visagent.cli import TINY_NOTE, _Activity, _announce_load, _describe_step, _load_config, _print_answer, err, out
+        from visagent.cli import TINY_NOTE, _Activity, _announce_load, _load_config, _print_answer, err, out
+        from visagent.types import describe_step
 
         cfg = _load_config(config, profile)
         if cfg.profile == "tiny":
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
                 run = conv.stream(line, trace_path=trace, progress=activity.progress)
                 for step in run:
                     if verbose:
-                        err.print(_describe_step(step), markup=False)
+                        err.print(describe_step(step), markup=False)
                     activity.follow(step)
             assert run.answer is not None  # the session recorded the turn
             _print_answer(run.answer)
