@@ -19,16 +19,13 @@ Needs ``langchain-core`` (``pip install 'visagent[langchain]'`` for ``create_age
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from visagent import ids
-from visagent.errors import UsageError
-from visagent.session import Session
-from visagent.types import Step, ToolStep
+from visagent.errors import ToolError, UsageError
+from visagent.session import CallSession
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.tools import StructuredTool
@@ -39,60 +36,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_MEDIA_FIELD = re.compile(r"image|video|media|frame")
 
 
-class ToolSession(Session):
-    """The ``Session`` shared by the LangChain tools of one ``make_tools`` call (thread-safe):
-    media (ids ``img_k`` / ``vid_k``), region ids and call numbers persist from call to call.
-    ``steps``: every call's ``ToolStep`` / ``ErrorStep``, in order (``step.index`` is its position).
-    Calls run through the agent's ``ToolRunner``, as the agent loop's do.
-    """
-
-    def __init__(self, agent: "Agent", media: Sequence[Any] = ()) -> None:
-        super().__init__(agent.config, agent.pool, media)
-        self.agent = agent
-        self.steps: list[Step] = []
-
-    def _emit(self, step: Step) -> Step:
-        step.index = len(self.steps)
-        self.steps.append(step)
-        return step
-
-    def _resolve(self, value: Any, added: list[tuple[str, str]]) -> Any:
-        if isinstance(value, list):
-            return [self._resolve(v, added) for v in value]
-        if not isinstance(value, str) or value in self.media:
-            return value
-        if ids.MEDIA_RE.match(value):
-            self.media_id(value)  # unknown media id: MediaError listing the known ones
-        fresh = value not in self._sources
-        media_id = self.add_media(value)
-        if fresh:
-            added.append((value, media_id))
-        return media_id
+class ToolSession(CallSession):
+    """The ``CallSession`` shared by the LangChain tools of one ``make_tools`` call: failures come
+    back as ``ToolException`` (the chat model sees the message)."""
 
     def call(self, tool: "Tool", args: dict[str, Any]) -> tuple[str, "ToolOutput"]:
-        """Run ``tool`` with ``args`` (media given as paths are registered first).
-
-        Returns (content text, typed output). Raises ``ToolException`` with a one-line reason
-        for bad arguments, bad media and tool failures.
-        """
         from langchain_core.tools import ToolException
 
-        with self.lock:
-            added: list[tuple[str, str]] = []
-            try:
-                args = {k: self._resolve(v, added) if _MEDIA_FIELD.search(k) else v for k, v in args.items()}
-            except UsageError as exc:
-                raise ToolException(str(exc)) from None
-            result = self.agent.runner.call(self, tool.name, args, emit=self._emit)
-            if not isinstance(result.step, ToolStep) or result.output is None:
-                raise ToolException(result.step.message)
-            observation = result.step.observation
-        if added:
-            observation += " [media: " + "; ".join(f"{src} = {mid}" for src, mid in added) + "]"
-        return observation, result.output
+        try:
+            return self.call_tool(tool.name, args)
+        except (ToolError, UsageError) as exc:
+            raise ToolException(str(exc)) from None
 
 
 def _tool_description(tool: "Tool") -> str:

@@ -479,11 +479,16 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     elif isinstance(settings, dict):
         settings = load_settings(None, environ={}, **settings)
     srv = _Server(agent, settings)
+    mcp_endpoint: list[Any] = []  # the MCP endpoint, where the mcp extra is installed
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         srv.get_gate()
-        yield
+        if mcp_endpoint:
+            async with mcp_endpoint[0].run():
+                yield
+        else:
+            yield
         srv.executor.shutdown(wait=False, cancel_futures=True)
 
     try:
@@ -500,6 +505,13 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     )
     app.state.visagent = srv
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    try:  # streamable-HTTP MCP at /mcp: the same token, roots and per-client limits
+        from visagent.mcp_server import Dispatch, McpHttpEndpoint
+
+        mcp_endpoint.append(McpHttpEndpoint(agent, token=settings.token, allowed_roots=srv.roots))
+        app.add_middleware(Dispatch, endpoint=mcp_endpoint[0])
+    except ImportError:
+        log.info("the mcp extra is not installed: no MCP endpoint at /mcp")
     app.add_middleware(PerClientLimit, max_requests=settings.max_requests_per_client)
 
     @app.exception_handler(Problem)

@@ -19,6 +19,7 @@ rebuild it and reproduce any turn of a chat.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -237,3 +238,73 @@ class Session:
                 }
             )
             self.answers.append(answer)
+
+
+_MEDIA_FIELD = re.compile(r"image|video|media|frame")
+
+
+class CallSession(Session):
+    """A ``Session`` driven call by call from outside the agent loop (LangChain tools, MCP tools):
+    media, region ids and call numbers persist from call to call, and every call runs through the
+    agent's ``ToolRunner``. ``steps``: every call's ``ToolStep`` / ``ErrorStep`` in order.
+
+    Media arguments (fields whose name mentions image, video, media or frame) take a media id
+    (``img_0``), a file path (inside the allowed roots), ``sample:NAME``, a URL (where URLs are
+    allowed) or a ``data:...;base64,`` URL; a new one is registered and its id reported at the end
+    of the content (``[media: photo.jpg = img_0]``).
+    """
+
+    def __init__(self, agent: Any, media: Sequence[Any] = (), allowed_roots: Sequence[str | Path] | None = None) -> None:
+        super().__init__(agent.config, agent.pool, media, allowed_roots=allowed_roots)
+        self.agent = agent
+        self.steps: list[Any] = []
+
+    def _emit(self, step: Any) -> Any:
+        step.index = len(self.steps)
+        self.steps.append(step)
+        return step
+
+    def _resolve(self, value: Any, added: list[tuple[str, str]]) -> Any:
+        if isinstance(value, list):
+            return [self._resolve(v, added) for v in value]
+        if not isinstance(value, str) or value in self.media:
+            return value
+        if ids.MEDIA_RE.match(value):
+            self.media_id(value)  # unknown media id: MediaError listing the known ones
+        fresh = value not in self._sources
+        if value.startswith("data:"):
+            media_id = self.add_media(_data_url(value))
+            label = "data URL"
+        else:
+            media_id, label = self.add_media(value), value
+        if fresh:
+            added.append((label, media_id))
+        return media_id
+
+    def call_tool(self, name: str, args: dict[str, Any]) -> tuple[str, Any]:
+        """Run tool ``name`` with ``args`` -> (content text, typed output); ``ToolError`` /
+        ``UsageError`` with a one-line reason for bad arguments, bad media and tool failures."""
+        with self.lock:
+            added: list[tuple[str, str]] = []
+            args = {k: self._resolve(v, added) if _MEDIA_FIELD.search(k) else v for k, v in args.items()}
+            result = self.agent.runner.call(self, name, args, emit=self._emit)
+            if not isinstance(result.step, ToolStep) or result.output is None:
+                raise ToolError(result.step.message)
+            observation = result.step.observation
+        if added:
+            observation += " [media: " + "; ".join(f"{src} = {mid}" for src, mid in added) + "]"
+        return observation, result.output
+
+
+def _data_url(url: str) -> bytes:
+    import base64
+    import binascii
+
+    header, _, data = url.partition(",")
+    try:
+        raw = base64.b64decode(data, validate=True) if ";base64" in header else data.encode()
+    except (binascii.Error, ValueError):
+        raise MediaError("the data URL is not valid base64") from None
+    if not raw:
+        raise MediaError("the data URL is empty")
+    return raw
