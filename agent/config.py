@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from visagent.errors import UsageError
-from visagent.safe import BoundsError, load_yaml, read_text
+from visagent.safe import load_yaml_file
 from visagent.secrets import redact
 
 PROFILES = ("default", "tiny")
@@ -221,13 +221,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"config file not found: {p}")
     try:
-        data = load_yaml(read_text(p, "config file"), f"config file {p}") or {}
-    except BoundsError as exc:
+        data = load_yaml_file(p, "config file") or {}
+    except ValueError as exc:  # BoundsError included
         raise UsageError(str(exc)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"config file {p} is not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {p} must hold a mapping at the top level")
     return data

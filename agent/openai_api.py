@@ -140,8 +140,9 @@ def _content(answer: "Answer") -> str:
     return answer.answer if answer.ok else f"no answer ({answer.status}): {answer.error}"
 
 
-def add_routes(app: "FastAPI", srv: Any, auth: Any) -> None:
-    """Mount ``POST /v1/chat/completions`` on the server's app (``srv``: its ``_Server``)."""
+def add_routes(app: "FastAPI", srv: Any, auth: Any, errors: dict[int, Any]) -> None:
+    """Mount ``POST /v1/chat/completions`` on the server's app (``srv``: its ``_Server``; ``errors``:
+    the documented error responses)."""
     from visagent.secrets import scrub
     from visagent.server import _error_for, _timeout_message
     from visagent.types import describe_step
@@ -153,7 +154,18 @@ def add_routes(app: "FastAPI", srv: Any, auth: Any) -> None:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
         return f"data: {scrub(json.dumps(data))}\n\n".encode()
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)], summary="OpenAI-compatible chat completions (images in, grounded answer out)")
+    body_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}}
+    responses = {
+        200: {"description": "a chat.completion (or, with stream: true, chat.completion.chunk server-sent events)",
+              "content": {"application/json": {}, "text/event-stream": {}}},
+        **{code: {"description": spec["description"], "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "object"}}}}}}
+           for code, spec in errors.items()},
+    }  # fmt: skip
+
+    @app.post(
+        "/v1/chat/completions", dependencies=[Depends(auth)], responses=responses, openapi_extra=body_schema,
+        summary="OpenAI-compatible chat completions (images in, grounded answer out)",
+    )  # fmt: skip
     async def chat_completions(request: Request) -> Any:
         try:
             body = ChatRequest.model_validate_json(await request.body())

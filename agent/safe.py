@@ -167,3 +167,19 @@ def read_text(path: Any, what: str, max_bytes: int = MAX_FILE_BYTES) -> str:
     if size > max_bytes:
         raise BoundsError(f"{what} {p} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit")
     return p.read_text(encoding="utf-8")
+
+
+def load_yaml_file(path: Any, what: str) -> Any:
+    """A user's YAML file (``what``: "config file", "scenario file" ...) within the bounds; every
+    problem is a ``ValueError`` with a one-line message naming the file (and line)."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        return load_yaml(read_text(p, what), f"{what} {p}")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ValueError(f"{what} {p} is not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {p} is not a UTF-8 text file") from None

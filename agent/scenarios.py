@@ -43,14 +43,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from visagent.errors import UsageError
 from visagent.grounding import answer_number
 from visagent.media import SAMPLES
 from visagent.render import iter_regions
-from visagent.safe import BoundsError, load_yaml, read_text
+from visagent.safe import load_yaml_file
 from visagent.types import Answer, ToolStep
 
 KINDS = (
@@ -235,15 +234,9 @@ def load_file(path: str | Path) -> list[Scenario]:
     if not p.is_file():
         raise ScenarioError(f"scenario file not found: {p}")
     try:
-        data = load_yaml(read_text(p, "scenario file"), f"scenario file {p}")
-    except BoundsError as exc:
+        data = load_yaml_file(p, "scenario file")
+    except ValueError as exc:  # BoundsError included
         raise ScenarioError(str(exc)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ScenarioError(f"{p}: not valid YAML{where}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{p}: not a UTF-8 text file") from None
     if isinstance(data, dict) and "scenarios" in data:
         extra = set(data) - {"scenarios"}
         if extra:

@@ -557,6 +557,10 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             (504, "the run took longer than the per-request timeout"),
         )
     }
+    from visagent.openai_api import MODEL_ID, add_routes
+
+    add_routes(app, srv, auth, errors)
+
     multipart_schema = {
         "type": "object",
         "required": ["files", "question"],
@@ -586,6 +590,14 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             raise
         return question, sources, max_steps, include_trace, tmp
 
+    async def _begin(request: Request) -> tuple[Any, bool]:
+        """Parse the request and start its run (the media accepted) -> (run, include_trace)."""
+        question, sources, max_steps, include_trace, tmp = await _prepared(request)
+        try:
+            return await srv.start(question, sources, max_steps, tmp), include_trace
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+            raise _error_for(exc) from None
+
     @app.post(
         "/v1/ask",
         dependencies=[Depends(auth)],
@@ -594,12 +606,8 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         summary="Answer a question about uploaded, inline or server-side media",
     )
     async def ask(request: Request) -> JSONResponse:
-        question, sources, max_steps, include_trace, tmp = await _prepared(request)
+        run, include_trace = await _begin(request)
         loop = asyncio.get_running_loop()
-        try:
-            run = await srv.start(question, sources, max_steps, tmp)
-        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
-            raise _error_for(exc) from None
         try:
             answer = await asyncio.wait_for(run.result(), max((run.deadline or 0.0) - loop.time(), 0.001))
         except asyncio.TimeoutError:
@@ -627,13 +635,8 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         summary="Like /v1/ask, streaming each step as a server-sent event",
     )
     async def ask_stream(request: Request) -> StreamingResponse:
-        question, sources, max_steps, include_trace, tmp = await _prepared(request)
+        run, include_trace = await _begin(request)  # media problems are plain HTTP errors
         loop = asyncio.get_running_loop()
-        # media problems are plain HTTP errors: the run has accepted its media once it has started
-        try:
-            run = await srv.start(question, sources, max_steps, tmp)
-        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
-            raise _error_for(exc) from None
         deadline = run.deadline or loop.time() + settings.timeout_s
 
         async def events() -> AsyncIterator[bytes]:
@@ -657,10 +660,6 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
                 run.stop()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    from visagent.openai_api import MODEL_ID, add_routes
-
-    add_routes(app, srv, auth)
 
     @app.get("/v1/tools", dependencies=[Depends(auth)], responses=errors, summary="The tools' specs")
     async def list_tools() -> list[dict[str, Any]]:

@@ -412,6 +412,6 @@ def test_schemathesis(server: str) -> None:
 
         check()
         ran += 1
-    assert ran == 5
-    assert {p for p, _ in statuses} == {"/v1/ask", "/v1/ask/stream", "/v1/tools", "/v1/models", "/healthz"}
+    assert ran == 6
+    assert {p for p, _ in statuses} == {"/v1/ask", "/v1/ask/stream", "/v1/chat/completions", "/v1/tools", "/v1/models", "/healthz"}
     assert len(statuses) >= 15

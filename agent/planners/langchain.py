@@ -17,22 +17,13 @@ import json
 from typing import Any
 
 from visagent.errors import PlannerOutputError, RunError, UsageError
-from visagent.planners import register_planner
+from visagent.planners import prompting, register_planner
 from visagent.planners.base import PlannerState
 from visagent.planners.llava import parse_json_text
-from visagent.planners.prompting import (  # noqa: E501
-    Message,
-    PromptOptions,
-    decision_from_call,
-    estimate_tokens,
-    fit_messages,
-    function_specs,
-    image_data_url,
-)
 from visagent.types import PlannerReply
 
 
-def to_langchain_messages(messages: list[Message], image: Any) -> list[Any]:
+def to_langchain_messages(messages: list[prompting.Message], image: Any) -> list[Any]:
     """Neutral messages -> ``SystemMessage`` / ``HumanMessage`` / ``AIMessage``."""
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
@@ -45,7 +36,7 @@ def to_langchain_messages(messages: list[Message], image: Any) -> list[Any]:
             out.append(AIMessage(content=text))
         elif any(p["type"] == "image" for p in m["content"]):
             parts = [
-                {"type": "image_url", "image_url": {"url": image_data_url(image(p["id"]))}}
+                {"type": "image_url", "image_url": {"url": prompting.image_data_url(image(p["id"]))}}
                 if p["type"] == "image"
                 else {"type": "text", "text": p["text"]}
                 for p in m["content"]
@@ -79,7 +70,7 @@ class LangChainPlanner:
         opts = config.planner.chat()
         self.config = config
         self.chat_model = chat_model
-        self.options = PromptOptions(examples=opts.examples, max_images=opts.max_images)
+        self.options = prompting.PromptOptions(examples=opts.examples, max_images=opts.max_images)
         self.context_tokens = opts.context_tokens
         self.image_tokens = opts.image_tokens
         self._bound: dict[tuple[str, ...], Any] = {}
@@ -89,14 +80,14 @@ class LangChainPlanner:
         key = tuple(sorted(tools))
         if key not in self._bound:
             try:
-                self._bound[key] = (self.chat_model.bind_tools(function_specs(tools)), True)
+                self._bound[key] = (self.chat_model.bind_tools(prompting.function_specs(tools)), True)
             except NotImplementedError:
                 self._bound[key] = (self.chat_model, False)
         return self._bound[key]
 
     def next(self, state: PlannerState) -> PlannerReply:
         budget = self.context_tokens - self.config.planner.max_new_tokens
-        messages, _, _ = fit_messages(state, lambda m: estimate_tokens(m, self.image_tokens), budget, self.options)
+        messages, _, _ = prompting.fit_messages(state, lambda m: prompting.estimate_tokens(m, self.image_tokens), budget, self.options)
         model, _ = self._model_for(state.tools)
         try:
             reply = model.invoke(to_langchain_messages(messages, state.image))
@@ -108,7 +99,7 @@ class LangChainPlanner:
         calls = getattr(reply, "tool_calls", None) or []
         if calls:
             raw = json.dumps({"content": text, "tool_calls": [{"name": c["name"], "args": c["args"]} for c in calls]}, default=str)
-            return PlannerReply(decision=decision_from_call(calls[0]["name"], calls[0]["args"], thought=text, raw=raw), raw=raw, tokens=tokens)
+            return PlannerReply(decision=prompting.decision_from_call(calls[0]["name"], calls[0]["args"], thought=text, raw=raw), raw=raw, tokens=tokens)
         if not text.strip():
             raise PlannerOutputError("the chat model returned an empty message", raw=text)
         return PlannerReply(decision=parse_json_text(text), raw=text, tokens=tokens)
