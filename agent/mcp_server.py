@@ -57,6 +57,7 @@ def build_server(
 ) -> Any:
     """The ``mcp`` low-level ``Server`` for ``agent`` (see the module docstring)."""
     import anyio
+    import anyio.lowlevel
     import mcp_types as types
     from mcp.server.lowlevel import Server
 
@@ -108,20 +109,34 @@ def build_server(
         tools.append(types.Tool(name="ask", description=ASK_DESCRIPTION, input_schema=ASK_SCHEMA))
         return types.ListToolsResult(tools=tools)
 
-    def run_tool(session: CallSession, name: str, args: dict[str, Any]) -> Any:
-        content, output = session.call_tool(name, args)
+    def reporter(ctx: Any) -> Any:
+        """``progress(message, done, total)`` for a worker thread: MCP progress notifications
+        (a no-op for a request that asked for none)."""
+
+        token = anyio.lowlevel.current_token()  # the tool runs in the runner's own threads
+
+        def progress(message: str, done: int, total: int) -> None:
+            try:
+                anyio.from_thread.run(ctx.session.report_progress, float(done), float(total), message, token=token)
+            except Exception:  # noqa: BLE001 - progress is best effort
+                log.debug("progress notification failed", exc_info=True)
+
+        return progress
+
+    def run_tool(session: CallSession, name: str, args: dict[str, Any], progress: Any) -> Any:
+        content, output = session.call_tool(name, args, progress=progress)
         data = output.model_dump(mode="json")
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=scrub(content)), *picture(session, data)], structured_content=data
         )
 
-    def run_ask(session: CallSession, args: dict[str, Any]) -> Any:
+    def run_ask(session: CallSession, args: dict[str, Any], progress: Any) -> Any:
         question, media = args.get("question"), args.get("media")
         if not isinstance(question, str) or not question.strip() or not isinstance(media, list) or not media:
             return error("ask needs a non-empty question and a non-empty media list")
         for item in media[:16]:  # registered in the session (ids of earlier calls stay as they are)
             session._resolve(item, [])
-        answer = agent.ask(question, session=session, max_steps=args.get("max_steps"))
+        answer = agent.ask(question, session=session, max_steps=args.get("max_steps"), progress=progress)
         data = answer.model_dump(mode="json")
         data["trace"] = {"meta": {"run_id": answer.trace.meta.run_id}, "steps": []}  # the answer, not the whole trace
         regions = [e.region for e in answer.evidence if e.region]
@@ -136,11 +151,11 @@ def build_server(
         sid, session = session_for(ctx)
         try:
             if name == "ask":
-                result = await anyio.to_thread.run_sync(run_ask, session, args)
+                result = await anyio.to_thread.run_sync(run_ask, session, args, reporter(ctx))
             elif name not in agent.tools:
                 result = error(f"unknown tool '{name}'; available: {', '.join([*agent.tools, 'ask'])}")
             else:
-                result = await anyio.to_thread.run_sync(run_tool, session, name, args)
+                result = await anyio.to_thread.run_sync(run_tool, session, name, args, reporter(ctx))
         except (ToolError, UsageError) as exc:
             result = error(str(exc))
         except Exception as exc:  # noqa: BLE001 - an error result, never a crash

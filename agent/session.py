@@ -281,13 +281,14 @@ class CallSession(Session):
             added.append((label, media_id))
         return media_id
 
-    def call_tool(self, name: str, args: dict[str, Any]) -> tuple[str, Any]:
+    def call_tool(self, name: str, args: dict[str, Any], progress: Any = None) -> tuple[str, Any]:
         """Run tool ``name`` with ``args`` -> (content text, typed output); ``ToolError`` /
-        ``UsageError`` with a one-line reason for bad arguments, bad media and tool failures."""
+        ``UsageError`` with a one-line reason for bad arguments, bad media and tool failures.
+        ``progress(message, done, total)`` hears from long tools (gallery indexing, video)."""
         with self.lock:
             added: list[tuple[str, str]] = []
             args = {k: self._resolve(v, added) if _MEDIA_FIELD.search(k) else v for k, v in args.items()}
-            result = self.agent.runner.call(self, name, args, emit=self._emit)
+            result = self.agent.runner.call(self, name, args, emit=self._emit, progress=progress)
             if not isinstance(result.step, ToolStep) or result.output is None:
                 raise ToolError(result.step.message)
             observation = result.step.observation

@@ -45,6 +45,16 @@ async def _scenario(client: Any, image: str, outside: str) -> None:
     assert bad.is_error and "labels: Field required" in bad.content[0].text
     refused = await client.call_tool("caption", {"image": outside}, meta=meta)
     assert refused.is_error and "outside the allowed roots" in refused.content[0].text
+    # a long tool reports progress (the video's frames registered one by one)
+    heard: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append((progress, total, message))
+
+    video = str(Path(image).parent / "clip.mp4")
+    frames = await client.call_tool("video_frames", {"video": video, "frames": 3}, progress_callback=on_progress, meta=meta)
+    assert not frames.is_error, frames.content[0].text
+    assert heard and heard[-1][0] == heard[-1][1]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +65,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     outside.mkdir()
     Image.new("RGB", (96, 64), (120, 80, 40)).save(root / "table.png")
     Image.new("RGB", (32, 32)).save(outside / "private.png")
+    (root / "clip.mp4").write_bytes((REPO / "scenarios" / "media" / "moving_square.mp4").read_bytes())
     (tmp / "plan.yaml").write_text(PLAN)
     return {"tmp": tmp, "root": root, "image": root / "table.png", "outside": outside / "private.png", "plan": tmp / "plan.yaml"}
 
