@@ -169,6 +169,7 @@ class ServerSettings(BaseModel):
     max_requests_per_client: int = Field(16, ge=1)
     include_trace: bool = True
     trace_dir: str | None = None
+    mcp_images: bool = True  # /mcp results carry the regions drawn as image content
 
 
 class Config(BaseModel):

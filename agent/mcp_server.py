@@ -5,9 +5,10 @@ Tools: one MCP tool per visagent tool (same names, input schemas from the tools'
 plus ``ask`` (the whole agent: ``question`` and ``media``, as the HTTP API takes them) returning
 the grounded answer with its evidence. Media arguments take a media id (``img_0``), a path (inside
 the allowed roots), ``sample:NAME``, a URL (where ``limits.allow_urls``) or a ``data:...;base64,``
-URL. Results: the typed output (or the Answer) as structured content, the observation (or the
+URL, or an MCP embedded resource ``{"uri", "mimeType", "blob"}``. Results: the typed output (or the Answer) as structured content, the observation (or the
 answer with its evidence) as text, and the regions drawn on the image as image content
-(``images=False`` for clients that cannot show images). Each MCP session is a visagent session:
+(``images=False``, ``visagent mcp --no-images`` or ``server.mcp_images: false``, for clients that
+cannot show images). Each MCP session is a visagent session:
 ids such as ``det_1_0`` from one call are valid in the next. Errors are MCP error results
 (``isError``), never a crash. Needs the ``mcp`` extra.
 """

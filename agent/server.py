@@ -508,7 +508,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
     try:  # streamable-HTTP MCP at /mcp: the same token, roots and per-client limits
         from visagent.mcp_server import Dispatch, McpHttpEndpoint
 
-        mcp_endpoint.append(McpHttpEndpoint(agent, token=settings.token, allowed_roots=srv.roots))
+        mcp_endpoint.append(McpHttpEndpoint(agent, token=settings.token, allowed_roots=srv.roots, images=settings.mcp_images))
         app.add_middleware(Dispatch, endpoint=mcp_endpoint[0])
     except ImportError:
         log.info("the mcp extra is not installed: no MCP endpoint at /mcp")

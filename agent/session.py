@@ -250,7 +250,8 @@ class CallSession(Session):
 
     Media arguments (fields whose name mentions image, video, media or frame) take a media id
     (``img_0``), a file path (inside the allowed roots), ``sample:NAME``, a URL (where URLs are
-    allowed) or a ``data:...;base64,`` URL; a new one is registered and its id reported at the end
+    allowed), a ``data:...;base64,`` URL or an MCP embedded resource ``{"uri", "mimeType",
+    "blob"}`` (base64); a new one is registered and its id reported at the end
     of the content (``[media: photo.jpg = img_0]``).
     """
 
@@ -267,6 +268,10 @@ class CallSession(Session):
     def _resolve(self, value: Any, added: list[tuple[str, str]]) -> Any:
         if isinstance(value, list):
             return [self._resolve(v, added) for v in value]
+        if isinstance(value, dict) and isinstance(value.get("blob"), str):  # an MCP embedded resource {uri, mimeType, blob}
+            media_id = self.add_media(_data_url("data:;base64," + value["blob"]))
+            added.append((str(value.get("uri") or "resource"), media_id))
+            return media_id
         if not isinstance(value, str) or value in self.media:
             return value
         if ids.MEDIA_RE.match(value):

@@ -113,3 +113,27 @@ def test_streamable_http_needs_the_token(http_server: str) -> None:
     assert r.status_code == 401 and "bearer token" in r.json()["detail"]
     missing = httpx.post(http_server, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10)
     assert missing.status_code == 401
+
+
+def test_in_process_resource_media_and_no_images() -> None:
+    """An embedded resource as media; a server built without images returns none."""
+    import base64
+    import io
+
+    from visagent.agent import Agent
+    from visagent.config import load_config
+    from visagent.mcp_server import build_server
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 10, 10)).save(buf, "PNG")
+    resource = {"uri": "file:///picture.png", "mimeType": "image/png", "blob": base64.b64encode(buf.getvalue()).decode()}
+    agent = Agent(load_config(profile="tiny"), planner="script:/nonexistent.yaml")
+    server = build_server(agent, images=False, single_session=True)
+
+    async def main() -> None:
+        async with Client(server) as client:
+            det = await client.call_tool("detect", {"image": resource, **DETECT})
+            assert not det.is_error, det.content[0].text
+            assert [c.type for c in det.content] == ["text"] and "[media: file:///picture.png = img_0]" in det.content[0].text
+
+    asyncio.run(asyncio.wait_for(main(), 120))
