@@ -29,6 +29,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            sys.stdout.write(f"visagent {version('visagent')}\n")
+        except PackageNotFoundError:  # pragma: no cover - run from a tree that is not installed
+            sys.stdout.write("visagent (not installed)\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Ask questions about images and videos; get answers grounded in boxes, masks and text."""
+
+
 # Piped or redirected output (no terminal, no COLUMNS) gets wide tables instead of rich's 80 columns.
 _PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 out = Console(soft_wrap=True, width=_PIPE_WIDTH)
@@ -67,7 +85,7 @@ def ask(
     args: Annotated[list[str], typer.Argument(help="MEDIA... QUESTION: image/video paths or sample:NAME, then the question", show_default=False)],
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
-    planner: Annotated[Optional[str], typer.Option(help="llava, openai, or script:PLAN.yaml")] = None,
+    planner: Annotated[Optional[str], typer.Option(help="llava, openai, langchain, or script:PLAN.yaml")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="planner steps before giving up (default 8)")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="append the trace as JSON lines while the run goes")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object: answer, evidence, trace")] = False,
@@ -184,7 +202,7 @@ def _print_answer(answer: Any) -> None:
         for ev in answer.evidence:
             out.print(f"  {ev.describe()}", markup=False, highlight=False)
     n_tools = len(answer.trace.tool_steps())
-    n_steps = len(answer.trace.steps)
+    n_steps = sum(1 for s in answer.trace.steps if s.type == "planner")  # planner steps: notes and errors are not steps
     counts = f"{n_steps} step{'s' * (n_steps != 1)}, {n_tools} tool call{'s' * (n_tools != 1)}"
     out.print(f"[dim]{counts}, {answer.trace.meta.ms or 0:.0f} ms[/dim]")
 
@@ -304,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - usage errors of the CLI library, and the unexpected
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # bad flag, missing argument, ...
-            err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+            message = exc.format_message()
+            if not message:  # bare `visagent`: the help was printed, nothing went wrong
+                return 0
+            err.print(f"error: {message}", markup=False, highlight=False)
             return 2
         logging.getLogger("visagent").debug("unexpected error", exc_info=True)
         err.print(f"error: {type(exc).__name__}: {exc} (set VISAGENT_LOG=DEBUG for details)", markup=False, highlight=False)

@@ -168,3 +168,32 @@ def test_ask_on_a_terminal_shows_what_the_run_is_doing(tmp_path):
     assert "loading detect model tiny:grounding-dino on cpu ..." in text
     assert re.search(r"loaded detect model tiny:grounding-dino on cpu in [0-9.]+ s \([0-9.]+ MB\)", text), text[-2000:]
     assert text.rindex("There are cups.") > text.rindex("running count ...")
+
+
+def test_version_bare_command_and_planner_help() -> None:
+    from importlib.metadata import version
+
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"visagent {version('visagent')}"
+    bare = cli()
+    assert bare.returncode == 0 and "error:" not in bare.stderr and "Usage" in bare.stdout + bare.stderr
+    helped = cli("ask", "--help")
+    assert "langchain" in helped.stdout
+
+
+def test_step_count_counts_planner_steps_only(tmp_path: Path) -> None:
+    """An animated GIF adds a note step; the summary counts the planner's steps (1 here)."""
+    from PIL import Image
+
+    frames = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- {final: hello, evidence: []}\n")
+    proc = cli("ask", str(tmp_path / "anim.gif"), "Hi?", "--profile", "tiny", "--planner", f"script:{plan}", "--max-steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 step, 0 tool calls" in proc.stdout
+
+
+def test_tools_human_output_keeps_bracketed_text() -> None:
+    proc = cli("tools")
+    assert proc.returncode == 0 and "[x0, y0, x1, y1] pixels" in proc.stdout and "([[x, y]], labels" in proc.stdout

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         media: Annotated[list[str], typer.Argument(help="images / videos / sample:NAME to talk about", show_default=False)],
         profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="default or tiny")] = None,
         config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")] = None,
-        planner: Annotated[Optional[str], typer.Option(help="llava, openai, or script:PLAN.yaml")] = None,
+        planner: Annotated[Optional[str], typer.Option(help="llava, openai, langchain, or script:PLAN.yaml")] = None,
         max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="planner steps per question")] = None,
         trace_dir: Annotated[Optional[Path], typer.Option(help="write each turn's trace as turn-N.jsonl here")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,

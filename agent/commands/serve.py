@@ -15,7 +15,7 @@ def serve(
     token: Annotated[Optional[str], typer.Option(help="bearer token required on /v1 routes (or env VISAGENT_TOKEN)")] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="default (real checkpoints) or tiny")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (its server: section sets the limits)")] = None,
-    planner: Annotated[Optional[str], typer.Option(help="llava, openai, or script:PLAN.yaml (each request replays the plan)")] = None,
+    planner: Annotated[Optional[str], typer.Option(help="llava, openai, langchain, or script:PLAN.yaml (each request replays the plan)")] = None,
     allow_root: Annotated[Optional[list[str]], typer.Option("--allow-root", help="folder whose files JSON requests may name by path (repeatable)")] = None,
     max_concurrency: Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="runs at once (default 2)")] = None,
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", min=0, help="requests waiting for a slot before 429 (default 16)")] = None,
