@@ -10,6 +10,7 @@ agent's ``GroundingPolicy`` checks every final answer, whatever the planner.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import threading
@@ -68,6 +69,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _serializable(reply: PlannerReply) -> PlannerReply:
+    """``reply`` as it is when it can be written as JSON (the parsers clean what they decode), else
+    with lone surrogates replaced (a planner object built in Python, say)."""
+    try:
+        reply.model_dump_json()
+        return reply
+    except ValueError:  # pydantic's serialization error
+        return PlannerReply(decision=clean(reply.decision.model_dump()), raw=clean(reply.raw), tokens=reply.tokens)
+
+
 class RunStream:
     """One run (one turn of ``session``). Iterate for steps; ``answer`` is set when the iteration ends."""
 
@@ -100,7 +111,6 @@ class RunStream:
         self.planner: Planner = planner() if callable(planner) and not hasattr(planner, "next") else planner
         self.tools = self.runner.tools
         self.grounding = agent.grounding.new_state()
-        self.first_call = self.session.calls + 1
         self.trace = Trace(
             meta=RunMeta(
                 format=TRACE_FORMAT,
@@ -164,7 +174,7 @@ class RunStream:
         meta.ms = round((meta.finished - meta.started) * 1000, 3)
         answer.trace = self.trace
         self.answer = answer
-        self.session.end_turn(self.question, self.trace.steps, answer, self.first_call)
+        self.session.end_turn(self.question, answer)
         if self.writer is not None:
             self.writer.answer(answer)
             self.writer.close()
@@ -238,7 +248,7 @@ class RunStream:
                 msg = f"the planner failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
                 yield self._emit(ErrorStep(source="planner", code="planner_output", message=clean(msg)))
                 continue
-            reply = PlannerReply(decision=clean(reply.decision.model_dump()), raw=clean(reply.raw), tokens=reply.tokens)
+            reply = _serializable(reply)
             decision = reply.decision
             yield self._emit(
                 PlannerStep(
@@ -333,8 +343,8 @@ class Agent:
             self.tools[inst.name] = inst
         self._planner_spec = planner
         self._planner: Planner | None = None if isinstance(planner, (str, type(None))) else planner
-        self.grounding = grounding or GroundingPolicy()
-        self.grounding.checks.extend(final_checks)
+        self.grounding = copy.copy(grounding) if grounding is not None else GroundingPolicy()
+        self.grounding.checks = [*self.grounding.checks, *final_checks]  # the caller's policy is not changed
         self.runner = ToolRunner(self.tools, self.config, self.pool)
         self._lock = threading.Lock()
 

@@ -210,12 +210,11 @@ def _print_answer(answer: Any) -> None:
 @app.command()
 def tools(as_json: Annotated[bool, typer.Option("--json", help="JSON list of {name, description, input_schema, origin}")] = False) -> None:
     """List the tools (built-in and plugins) with their descriptions, input schemas and origin."""
-    from visagent.registry import load_tools, plugin_problems, tool_origins
+    from visagent.registry import load_tools, tool_origins
 
-    registry = load_tools()
+    # each skipped plugin: one line here, not a log line as well
+    registry = load_tools(report=lambda problem: err.print(f"warning: {problem}", markup=False, highlight=False))
     origins = tool_origins()
-    for problem in plugin_problems():
-        err.print(f"warning: {problem}", markup=False, highlight=False)
     if as_json:
         sys.stdout.write(json.dumps([{**t.spec(), "origin": origins.get(n, "builtin")} for n, t in registry.items()], indent=2) + "\n")
         return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
 from visagent.errors import UsageError
@@ -78,8 +79,9 @@ def _entry_tools(ep: EntryPoint) -> list[type[Tool]]:
     return items
 
 
-def load_plugin_tools() -> dict[str, type[Tool]]:
-    """``{name: Tool class}`` from the ``visagent.tools`` entry points of installed packages."""
+def load_plugin_tools(report: Callable[[str], None] | None = None) -> dict[str, type[Tool]]:
+    """``{name: Tool class}`` from the ``visagent.tools`` entry points of installed packages. Each
+    skipped plugin is told once, to ``report`` (default: a warning in the log)."""
     global _plugins
     builtins = load_builtin_tools()
     with _lock:
@@ -92,11 +94,11 @@ def load_plugin_tools() -> dict[str, type[Tool]]:
                     classes = _entry_tools(ep)
                 except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
                     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    _warn(f"tool plugin {ep.name!r} from {dist} skipped: {type(exc).__name__}: {first}")
+                    _warn(f"tool plugin {ep.name!r} from {dist} skipped: {type(exc).__name__}: {first}", report)
                     continue
                 for cls in classes:
                     if cls.name in builtins or cls.name in found:
-                        _warn(f"tool plugin {ep.name!r} from {dist} skipped: tool name '{cls.name}' is taken ({_origins.get(cls.name)})")
+                        _warn(f"tool plugin {ep.name!r} from {dist} skipped: tool name '{cls.name}' is taken ({_origins.get(cls.name)})", report)
                         continue
                     found[cls.name] = cls
                     _origins[cls.name] = where
@@ -104,15 +106,15 @@ def load_plugin_tools() -> dict[str, type[Tool]]:
         return dict(_plugins)
 
 
-def _warn(message: str) -> None:
+def _warn(message: str, report: Callable[[str], None] | None) -> None:
     if message not in _problems:
         _problems.append(message)
-        log.warning("%s", message)
+        (report or (lambda m: log.warning("%s", m)))(message)
 
 
-def load_tools() -> dict[str, type[Tool]]:
-    """Built-in tools, then plugin tools."""
-    return {**load_builtin_tools(), **load_plugin_tools()}
+def load_tools(report: Callable[[str], None] | None = None) -> dict[str, type[Tool]]:
+    """Built-in tools, then plugin tools (``report``: see ``load_plugin_tools``)."""
+    return {**load_builtin_tools(), **load_plugin_tools(report)}
 
 
 def load_model_modules() -> None:

@@ -212,23 +212,13 @@ class Session:
                 region = cls.model_validate(item["region"])
                 self.regions[item["id"]] = RegionRecord(region, item["tool"], -1, int(item["call"]), item.get("observation", ""))
 
-    def end_turn(self, question: str, steps: Sequence[Any], answer: Answer, first_new_call: int) -> None:
-        """Keep a finished turn: its regions stay citable (``step = -1`` from now on), its
-        question / answer / evidence join the history."""
+    def end_turn(self, question: str, answer: Answer) -> None:
+        """Keep a finished turn: its regions stay citable (``step = -1`` from now on; each record
+        keeps its observation), its question / answer / evidence join the history."""
         with self.lock:
-            for ev in answer.evidence:  # evidence from an earlier turn: its observation is the session's
-                if ev.step == -1 and not ev.observation:
-                    record = self.regions.get(ev.id)
-                    ev.observation = record.observation if record else ""
-            new_regions = []
-            for rid, record in list(self.regions.items()):
-                if record.step < 0:
-                    continue
-                step = steps[record.step] if record.step < len(steps) else None
-                observation = step.observation if isinstance(step, ToolStep) else record.observation
-                self.regions[rid] = replace(record, step=-1, observation=observation)
-                if record.call > first_new_call - 1:
-                    new_regions.append(rid)
+            new_regions = [rid for rid, record in self.regions.items() if record.step >= 0]
+            for rid in new_regions:
+                self.regions[rid] = replace(self.regions[rid], step=-1)
             self.history.append(
                 {
                     "question": question,

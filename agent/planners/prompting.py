@@ -325,12 +325,15 @@ def function_specs(tools: dict[str, Any]) -> list[dict[str, Any]]:
 def decision_from_call(name: str, args: Any, thought: str = "", raw: str = "") -> Action | Final:
     """A native tool call (name + arguments dict or JSON text) -> Action / Final."""
     from visagent.errors import PlannerOutputError
+    from visagent.safe import BoundsError, load_json
 
-    if isinstance(args, str):
+    if isinstance(args, str):  # within the same bounds as every planner text
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = load_json(args, f"arguments of {name}") if args.strip() else {}
         except json.JSONDecodeError as exc:
             raise PlannerOutputError(f"arguments of {name} are not valid JSON ({exc.msg})", raw=raw) from None
+        except BoundsError as exc:
+            raise PlannerOutputError(str(exc), raw=raw[:2000]) from None
     if not isinstance(args, dict):
         raise PlannerOutputError(f"arguments of {name} must be a JSON object", raw=raw)
     if name == FINAL_TOOL:
