@@ -239,6 +239,42 @@ def probe_video(path: Path, max_pixels: int) -> dict[str, Any]:
         raise MediaError(f"{path}: video is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
 
 
+def video_poster(path: Path, at: float = 0.5) -> Image.Image:
+    """One RGB frame of a video, shown at fraction ``at`` of its duration (0.5: the middle), turned
+    as the display matrix says. The first frame where the duration is unknown."""
+    try:
+        import av
+    except ImportError:
+        raise MediaError(f"{path}: videos need PyAV: pip install 'visagent[video]'") from None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            duration = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            target = None
+            if duration and stream.time_base is not None:
+                start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+                target = start + duration * min(max(at, 0.0), 1.0)
+                container.seek(int(target / float(stream.time_base)), stream=stream, backward=True, any_frame=False)
+            chosen = None
+            for frame in container.decode(stream):
+                if chosen is not None and (target is None or frame.time is None or frame.time > target):
+                    break
+                chosen = frame
+            if chosen is None:
+                raise MediaError(f"{path}: video has 0 decodable frames")
+            img = chosen.to_image()
+            rotation = int(getattr(chosen, "rotation", 0) or 0) % 360
+            return img.rotate(rotation, expand=True) if rotation else img
+    except MediaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - av raises many error types
+        raise MediaError(f"{path}: video is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
+
+
 def sha256_image(img: Image.Image) -> str:
     h = hashlib.sha256()
     h.update(f"{img.size}".encode())

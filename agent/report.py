@@ -1,7 +1,7 @@
 """A self-contained HTML report of one run.
 
 ``write_report(answer, media, path)`` writes one HTML file with every image inlined (base64 JPEG):
-the question and media, each step (planner thought and action with arguments; tool observation,
+the question and media (a video by its first sampled frame, else the frame at its middle), each step (planner thought and action with arguments; tool observation,
 time, models and cache hits, thumbnails with the step's boxes/masks/OCR lines drawn; errors and
 notes), and the final answer with its cited evidence highlighted (``.cited``) and drawn. The file
 needs no network and no other file.
@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from visagent import ids
-from visagent.media import MediaStore
+from visagent.media import MediaStore, video_poster
 from visagent.render import annotate, iter_regions, region_label, render_regions
 from visagent.secrets import scrub
 from visagent.types import Answer, ToolStep
@@ -155,6 +155,18 @@ def _tool_thumbs(step: ToolStep, media: MediaStore, inputs: set[str]) -> list[di
     return thumbs[:MAX_THUMBS]
 
 
+def _video_thumb(media: MediaStore, video_id: str) -> str:
+    """A data URI of the video's first registered frame, else of the frame at its middle; "" when
+    neither can be had."""
+    frame = next((i for i in media.ids("image") if media.info(i).parent == video_id), None)
+    try:
+        image = media.image(frame) if frame else video_poster(media.video_path(video_id))
+        return data_uri(image)
+    except Exception as exc:  # noqa: BLE001 - a report without this thumbnail
+        log.warning("no thumbnail for %s: %s", video_id, exc)
+        return ""
+
+
 def report_html(answer: Answer, media: MediaStore) -> str:
     """The report as one HTML string (see the module docstring)."""
     import jinja2
@@ -218,7 +230,8 @@ def report_html(answer: Answer, media: MediaStore) -> str:
         info = media.info(media_id)
         if info.kind != "image" or info.parent:
             if info.kind == "video":
-                media_rows.append({"id": media_id, "src": "", "caption": f"{media_id} video {info.source}"})
+                src = _video_thumb(media, media_id)
+                media_rows.append({"id": media_id, "src": src, "caption": f"{media_id} video {info.source}"})
             continue
         media_rows.append({"id": media_id, "src": data_uri(media.image(media_id)), "caption": f"{media_id} {info.source}"})
     media_rows = [m for m in media_rows if m["src"]] or media_rows

@@ -101,3 +101,29 @@ def test_report_renders_in_headless_chromium(make_agent, tmp_path):
                 shutil.copyfile(shot, DOCS / "report.png")
         finally:
             browser.close()
+
+
+VIDEO = Path(__file__).resolve().parents[1] / "scenarios" / "media" / "moving_square.mp4"
+
+
+@pytest.mark.parametrize("plan", [
+    [{"final": "A square moves."}],
+    [{"tool": "video_frames", "args": {"video": "vid_0", "frames": 2}}, {"final": "A square moves."}],
+], ids=["no-frames", "sampled-frames"])  # fmt: skip
+def test_report_video_has_a_thumbnail(make_agent, plan):
+    run = make_agent(plan).stream("What moves?", [str(VIDEO)])
+    answer = run.result()
+    assert answer.ok, answer.error
+    html = report_html(answer, run.media)
+    thumb = re.search(r'<img class="thumb" alt="vid_0" src="([^"]*)"', html)
+    assert thumb is not None
+    assert re.fullmatch(r"data:image/jpeg;base64,[A-Za-z0-9+/=]{100,}", thumb.group(1))
+
+
+def test_video_poster_is_the_middle_frame(tmp_path):
+    from tests.helpers import frame_index, write_video
+    from visagent.media import video_poster
+
+    path = write_video(tmp_path / "v.mp4", [i * 0.1 for i in range(20)])
+    assert frame_index(video_poster(path)) == 10
+    assert frame_index(video_poster(path, at=0.0)) == 0
