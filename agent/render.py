@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,24 @@ def render_regions(media: MediaStore, regions: Iterable[Mapping[str, Any]], *, i
     With ``include_all`` every image of the run is shown (images with regions first, at most
     ``MAX_TILES``); otherwise only the images that carry regions.
     """
+    tiles = [(image, caption) for _, image, caption in region_tiles(media, regions, include_all=include_all)]
+    if not tiles:
+        raise UsageError("nothing to draw: the run has no images or decodable video frames")
+    if len(tiles) == 1:
+        return tiles[0][0]
+    return contact_sheet(tiles)
+
+
+def region_tiles(
+    media: MediaStore,
+    regions: Iterable[Mapping[str, Any]],
+    *,
+    include_all: bool = True,
+    draw: Callable[[Image.Image, str, list[dict[str, Any]]], Image.Image] | None = None,
+) -> list[tuple[str, Image.Image, str]]:
+    """``(media id, image with its regions drawn, caption)`` per image, in ``render_regions``'
+    order (a video stands for itself by its first frame unless its frames are among the images).
+    ``draw(image, media_id, regions) -> image`` replaces ``annotate`` (e.g. to highlight one)."""
     by_image: dict[str, list[dict[str, Any]]] = {}
     for r in regions:
         by_image.setdefault(str(r["image"]), []).append(dict(r))
@@ -211,7 +229,7 @@ def render_regions(media: MediaStore, regions: Iterable[Mapping[str, Any]], *, i
     ids = [i for i in by_image if i in media]
     if include_all or not ids:
         ids += [i for i in media.ids() if i not in ids]
-    tiles: list[tuple[Image.Image, str]] = []
+    tiles: list[tuple[str, Image.Image, str]] = []
     for media_id in ids[:MAX_TILES]:
         info = media.info(media_id)
         if info.kind == "image":
@@ -223,12 +241,9 @@ def render_regions(media: MediaStore, regions: Iterable[Mapping[str, Any]], *, i
             if img is None:
                 continue
             info = info.model_copy(update={"timestamp": 0.0})
-        tiles.append((annotate(img, by_image.get(media_id, [])), _caption(info)))
-    if not tiles:
-        raise UsageError("nothing to draw: the run has no images or decodable video frames")
-    if len(tiles) == 1:
-        return tiles[0][0]
-    return contact_sheet(tiles)
+        found = by_image.get(media_id, [])
+        tiles.append((media_id, draw(img, media_id, found) if draw is not None else annotate(img, found), _caption(info)))
+    return tiles
 
 
 def render_answer(answer: Answer, media: MediaStore, path: Path | str) -> None:
