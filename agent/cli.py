@@ -13,6 +13,7 @@ import logging
 import os
 import pkgutil
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -59,6 +60,11 @@ TINY_NOTE = (
 )
 
 
+def tiny_note() -> None:
+    """Say that the tiny profile's answers are meaningless (on stderr)."""
+    err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
+
+
 class Exit(Exception):
     def __init__(self, code: int, message: str = "") -> None:
         super().__init__(message)
@@ -78,6 +84,20 @@ def _load_config(config: Optional[Path], profile: Optional[str], overrides: dict
 
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="default (real checkpoints) or tiny (random tiny models)")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")]
+ServerOpt = Annotated[
+    Optional[str],
+    typer.Option("--server", help="answer with the visagent server at URL (env VISAGENT_SERVER; default: one on 127.0.0.1:8000 if running)"),
+]
+LocalOpt = Annotated[bool, typer.Option("--local", help="run in this process even when a server is running")]
+
+
+def find_remote(server: Optional[str], local: bool, profile: Optional[str], config: Optional[Path], planner: Optional[str], cfg: Any) -> Any:
+    """The server that answers this command (see ``visagent.client``), or None to run in-process.
+    A profile counts as asked for when ``--profile``, ``--config`` or ``VISAGENT_PROFILE`` names one."""
+    from visagent.client import find_server
+
+    asked = cfg.profile if (profile or config is not None or os.environ.get("VISAGENT_PROFILE")) else None
+    return find_server(server, local=local, profile=asked, planner=planner)
 
 
 @app.command()
@@ -92,21 +112,30 @@ def ask(
     show: Annotated[Optional[Path], typer.Option(help="save the image(s) with the cited evidence drawn (PNG)")] = None,
     report: Annotated[Optional[Path], typer.Option(help="save a self-contained HTML report of the run")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,
+    server: ServerOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Answer QUESTION about MEDIA (images, videos, sample:NAME)."""
     if len(args) < 2:
         fail_usage("ask needs at least one media input and a question: visagent ask IMAGE... QUESTION")
     *media, question = args
     cfg = _load_config(config, profile)
-    from visagent.agent import Agent
+    remote = find_remote(server, local, profile, config, planner, cfg)
+    if (remote.profile if remote is not None else cfg.profile) == "tiny":
+        tiny_note()
+    if remote is not None:
+        from visagent.client import plan_of
 
-    if cfg.profile == "tiny":
-        err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
-    agent = Agent(cfg, planner=planner)
-    if err.is_terminal:  # a real checkpoint takes a while to load: say what is happening
-        agent.pool.add_listener(_announce_load)
+        start = partial(remote.stream, plan=plan_of(planner), limits=cfg.limits)
+    else:
+        from visagent.agent import Agent
+
+        agent = Agent(cfg, planner=planner)
+        if err.is_terminal:  # a real checkpoint takes a while to load: say what is happening
+            agent.pool.add_listener(_announce_load)
+        start = agent.stream
     with _Activity(enabled=err.is_terminal and not verbose) as activity:
-        run = agent.stream(question, media, trace_path=trace, max_steps=max_steps, progress=activity.progress)
+        run = start(question, media, trace_path=trace, max_steps=max_steps, progress=activity.progress)
         for step in run:
             if verbose:
                 err.print(describe_step(step))

@@ -147,6 +147,10 @@ class ServerSettings(BaseModel):
     - ``include_trace``: whether answers carry the full trace by default.
     - ``trace_dir``: folder where each request's trace is written as ``<trace.meta.run_id>.jsonl``,
       with copies of its inputs, so that any request can be inspected and replayed.
+    - ``max_sessions`` / ``session_ttl_s``: sessions kept between requests (``"session": "new"``),
+      and how long an unused one is kept (see ``visagent.http_sessions``).
+    - ``allow_plans``: whether a request may carry a scripted ``plan`` (``visagent ask --planner
+      script:PLAN.yaml`` against a server sends its plan); its steps are calls any planner could make.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -170,6 +174,9 @@ class ServerSettings(BaseModel):
     include_trace: bool = True
     trace_dir: str | None = None
     mcp_images: bool = True  # /mcp results carry the regions drawn as image content
+    max_sessions: int = Field(64, ge=0)
+    session_ttl_s: float = Field(1800.0, gt=0)
+    allow_plans: bool = True
 
 
 class Config(BaseModel):

@@ -48,13 +48,32 @@ def sample_image(name: str) -> Image.Image:
     """A bundled sample photo by name (see ``SAMPLES``)."""
     if name not in SAMPLES:
         raise MediaError(f"unknown sample image 'sample:{name}'; available: {', '.join(SAMPLES)}")
+    cached = _sample_cache() / f"{name}.png"
+    try:  # decoded once (importing scikit-image costs more than the image), then read as a lossless PNG
+        with Image.open(cached) as img:
+            return img.copy()
+    except OSError:
+        pass
     import skimage.data
 
     try:
         array = getattr(skimage.data, name)()
     except Exception as exc:  # noqa: BLE001 - e.g. a sample that needs a download
         raise MediaError(f"sample image 'sample:{name}' cannot be loaded here: {exc}") from None
-    return array_to_image(array, f"sample:{name}")
+    image = array_to_image(array, f"sample:{name}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.part")
+        image.save(partial, format="PNG")
+        os.replace(partial, cached)
+    except OSError:  # a read-only cache: decoded again next time
+        pass
+    return image
+
+
+def _sample_cache() -> Path:
+    """Where decoded sample images are kept: ``$VISAGENT_CACHE_DIR/samples`` (default ``~/.cache/visagent``)."""
+    return Path(os.environ.get("VISAGENT_CACHE_DIR") or "~/.cache/visagent").expanduser() / "samples"
 
 
 def array_to_image(array: Any, source: str = "array") -> Image.Image:

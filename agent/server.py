@@ -4,10 +4,14 @@ Endpoints (JSON unless said otherwise; errors are ``{"detail": "<one line>"}``):
 
 - ``POST /v1/ask``: multipart form (``files``: one or more image/video files, ``question``,
   optional ``max_steps``) or JSON ``{"question", "media": [{"data": BASE64, "filename"?} |
-  {"path": SERVER_PATH} | {"sample": NAME}], "max_steps"?, "include_trace"?}`` -> the ``Answer``
-  (``status`` says answered / max_steps / failed).
-- ``POST /v1/ask/stream``: same body -> ``text/event-stream``: one ``event: step`` per step (data:
-  the step JSON), then ``event: answer`` (data: the Answer JSON), or ``event: error``.
+  {"path": SERVER_PATH} | {"sample": NAME}], "max_steps"?, "include_trace"?, "session"?, "plan"?}``
+  -> the ``Answer`` (``status`` says answered / max_steps / failed). ``"session": "new"`` keeps the
+  session for follow-ups (the answer's ``session`` is its id; ``visagent.http_sessions``);
+  ``plan`` is a scripted plan for this request.
+- ``POST /v1/ask/stream``: same body -> ``text/event-stream``: ``event: meta`` (the run's
+  metadata, as a trace file's first line), one ``event: step`` per step (data: the step JSON),
+  then ``event: answer`` (data: the Answer JSON), or ``event: error``.
+- ``DELETE /v1/sessions/{id}``: close a kept session.
 - ``GET /v1/tools``: the tool specs; ``GET /v1/models``: configured checkpoints and the pool's
   resident models; ``GET /healthz`` (no auth): liveness and load; ``GET /openapi.json``.
 
@@ -35,6 +39,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visagent.config import ServerSettings
 from visagent.errors import ForbiddenPathError, MediaError, UsageError
+from visagent.http_sessions import NEW, SessionProblem, SessionStore
 from visagent.netlimits import PerClientLimit
 from visagent.secrets import register, scrub
 from visagent.session import inside_roots, resolve_roots
@@ -120,9 +126,26 @@ class AskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=100_000)
-    media: list[MediaItem] = Field(min_length=1)
+    #: at least one, unless the request continues a ``session`` that has media
+    media: list[MediaItem] = Field(default_factory=list)
     max_steps: int | None = Field(None, ge=1)
     include_trace: bool | None = None
+    #: ``"new"`` opens a session kept between requests; its id (the answer's ``session``) continues it
+    session: str | None = Field(None, min_length=1, max_length=64)
+    #: a scripted plan for this request: ``[{"tool", "args"} | {"final", "evidence"}]`` (``server.allow_plans``)
+    plan: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=256)
+
+
+@dataclass
+class Parsed:
+    """What a request asks for, its media accepted (uploads written to the request's folder)."""
+
+    question: str
+    sources: list[str]
+    max_steps: int | None
+    include_trace: bool
+    session: str | None = None
+    plan: list[dict[str, Any]] | None = None
 
 
 class ErrorBody(BaseModel):
@@ -264,6 +287,7 @@ class _Server:
         self.executor = futures.ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="visagent-http")
         self.gate: Gate | None = None
         self.started = time.time()
+        self.sessions = SessionStore(settings.max_sessions, settings.session_ttl_s)
 
     def get_gate(self) -> Gate:
         if self.gate is None:  # created on the server's event loop
@@ -324,8 +348,8 @@ class _Server:
             raise Problem(400, f"max_steps must be between 1 and {self.max_steps}, got {max_steps}")
         return max_steps
 
-    async def parse(self, request: Any, tmp: Path) -> tuple[str, list[str], int | None, bool]:
-        """(question, media sources, max_steps, include_trace) from a multipart or JSON body."""
+    async def parse(self, request: Any, tmp: Path) -> Parsed:
+        """What a multipart or JSON body asks for."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         include_trace = self.settings.include_trace
         if ctype == "multipart/form-data":
@@ -366,10 +390,19 @@ class _Server:
                     path.write_bytes(raw)
                     self.check_pixels(path, item.filename or f"media[{i}]", budget)
                     sources.append(str(path))
-            return body.question, sources, self.check_steps(body.max_steps), include_trace
+            if body.plan is not None and not self.settings.allow_plans:
+                raise Problem(403, "this server takes no scripted plans (server.allow_plans is false)")
+            return self.check_media(
+                Parsed(body.question, sources, self.check_steps(body.max_steps), include_trace, body.session, body.plan)
+            )
         raise Problem(415, f"unsupported content type {ctype or 'none'!r}: send multipart/form-data or application/json")
 
-    async def _parse_form(self, form: Any, tmp: Path, include_trace: bool) -> tuple[str, list[str], int | None, bool]:
+    def check_media(self, parsed: Parsed) -> Parsed:
+        if not parsed.sources and (parsed.session is None or parsed.session == NEW):
+            raise Problem(400, "the request needs at least one media input (or a session that has media)")
+        return parsed
+
+    async def _parse_form(self, form: Any, tmp: Path, include_trace: bool) -> Parsed:
         question = form.get("question")
         if not isinstance(question, str) or not question.strip():
             raise Problem(400, "the form needs a non-empty 'question' field")
@@ -385,7 +418,9 @@ class _Server:
         if isinstance(raw_trace, str) and raw_trace:
             include_trace = raw_trace.lower() in ("1", "true", "yes", "on")
         files = [f for f in form.getlist("files") if not isinstance(f, str)]
-        if not files:
+        raw_session = form.get("session")
+        session = raw_session[:64] if isinstance(raw_session, str) and raw_session else None
+        if not files and session in (None, NEW):
             raise Problem(400, "the form needs at least one file in 'files'")
         self.check_count(len(files))
         sources, budget = [], [self.settings.max_total_pixels]
@@ -395,36 +430,63 @@ class _Server:
                 await asyncio.to_thread(shutil.copyfileobj, upload.file, fh)
             self.check_pixels(path, upload.filename or f"files[{i}]", budget)
             sources.append(str(path))
-        return question, sources, self.check_steps(max_steps), include_trace
+        return Parsed(question, sources, self.check_steps(max_steps), include_trace, session)
 
     # -- running ------------------------------------------------------------------------------
     async def start(
-        self, question: str, sources: list[str], max_steps: int | None, tmp: Path, history: list[dict[str, Any]] | None = None
+        self,
+        question: str,
+        sources: list[str],
+        max_steps: int | None,
+        tmp: Path,
+        history: list[dict[str, Any]] | None = None,
+        *,
+        session_id: str | None = None,
+        plan: list[dict[str, Any]] | None = None,
     ) -> "AsyncRunStream":
         """Wait for a slot (429 if the queue is full), validate the media and start the run on the
         server's worker threads, through the same bridge as ``Agent.astream``.
 
-        The slot and the request's temporary folder are released when the run's worker ends,
-        even if the client has gone or the request timed out.
+        ``session_id``: a kept session to continue (``"new"``: open one; the run's ``kept`` says
+        which); ``plan``: a scripted plan for this run. The slot and the request's temporary
+        folder are released when the run's worker ends, even if the client has gone or the
+        request timed out (a kept session keeps the folder: its media live in it).
         """
         from visagent.aio import astream
 
+        planner = None
+        if plan is not None:
+            from visagent.planners.scripted import ScriptedPlanner
+
+            planner = ScriptedPlanner(plan)  # an invalid plan: UsageError, a 400
         gate = self.get_gate()
         await gate.enter()
         trace = str(Path(self.settings.trace_dir).expanduser() / "{run_id}.jsonl") if self.settings.trace_dir else None
+        kept = None
+        if session_id is not None:
+            try:  # every path a planner's tool call names must lie in the allowed roots too (none: no paths)
+                kept = self.sessions.acquire(session_id, lambda: self.agent.session(allowed_roots=list(self.roots)), tmp)
+            except SessionProblem as exc:
+                gate.leave()
+                raise Problem(exc.status, exc.detail) from None
+            session = kept.session
+        else:  # the request's own uploads are in its temporary folder
+            session = self.agent.session(allowed_roots=[*self.roots, tmp])
+            session.history = [dict(h) for h in history or []]
 
         def done(_: Any = None) -> None:
             gate.leave()
-            shutil.rmtree(tmp, ignore_errors=True)
+            if kept is not None:
+                self.sessions.release(kept)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
 
-        # every path a planner's tool call names must lie in the allowed roots too (none: no paths);
-        # the request's own uploads are in its temporary folder
-        session = self.agent.session(allowed_roots=[*self.roots, tmp])
-        session.history = [dict(h) for h in history or []]
         # uploads are deleted after the request, so a trace keeps copies of every input
         run = astream(
-            self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True, session=session
-        )
+            self.agent, question, sources, executor=self.executor, max_steps=max_steps, trace_path=trace, copy_inputs=True,
+            session=session, planner=planner,
+        )  # fmt: skip
+        run.kept = kept.id if kept is not None else None  # type: ignore[attr-defined]
         run.deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
         try:  # the time waiting for a slot does not count; loading the media does
             await asyncio.wait_for(run.start(), self.settings.timeout_s)
@@ -451,10 +513,12 @@ def _is_file(path: str) -> bool:
         return False  # the media store names the problem
 
 
-def _answer_json(answer: "Answer", include_trace: bool) -> dict[str, Any]:
+def _answer_json(answer: "Answer", include_trace: bool, session: str | None = None) -> dict[str, Any]:
     data = answer.model_dump(mode="json")
     if not include_trace:
         data["trace"] = {"meta": data["trace"]["meta"], "steps": []}
+    if session is not None:  # the kept session this answer belongs to: pass it to continue
+        data["session"] = session
     return json.loads(scrub(json.dumps(data)))
 
 
@@ -569,6 +633,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             "question": {"type": "string", "minLength": 1},
             "max_steps": {"type": "integer", "minimum": 1},
             "include_trace": {"type": "boolean"},
+            "session": {"type": "string", "description": "\"new\" opens a kept session; its id continues it"},
         },
     }
     ask_body = {
@@ -581,22 +646,25 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         }
     }
 
-    async def _prepared(request: Request) -> tuple[str, list[str], int | None, bool, Path]:
+    async def _begin(request: Request) -> tuple[Any, bool]:
+        """Parse the request and start its run (the media accepted) -> (run, include_trace)."""
         tmp = Path(tempfile.mkdtemp(prefix="visagent-http-"))
         try:
-            question, sources, max_steps, include_trace = await srv.parse(request, tmp)
+            parsed = await srv.parse(request, tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return question, sources, max_steps, include_trace, tmp
-
-    async def _begin(request: Request) -> tuple[Any, bool]:
-        """Parse the request and start its run (the media accepted) -> (run, include_trace)."""
-        question, sources, max_steps, include_trace, tmp = await _prepared(request)
         try:
-            return await srv.start(question, sources, max_steps, tmp), include_trace
-        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
-            raise _error_for(exc) from None
+            run = await srv.start(
+                parsed.question, parsed.sources, parsed.max_steps, tmp, session_id=parsed.session, plan=parsed.plan
+            )
+        except BaseException as exc:
+            if parsed.session is None:  # a kept session's folder goes with the session
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception):
+                raise _error_for(exc) from None
+            raise
+        return run, parsed.include_trace
 
     @app.post(
         "/v1/ask",
@@ -618,7 +686,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
             raise _error_for(exc) from None
-        return JSONResponse(_answer_json(answer, include_trace))
+        return JSONResponse(_answer_json(answer, include_trace, run.kept))
 
     @app.post(
         "/v1/ask/stream",
@@ -641,6 +709,8 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
 
         async def events() -> AsyncIterator[bytes]:
             steps = run.__aiter__()
+            if run.run is not None:  # the run's metadata first, as a trace file starts with it
+                yield _sse("meta", scrub(run.run.trace.meta.model_dump_json()))
             try:
                 while True:
                     try:
@@ -655,7 +725,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
                         return
                     yield _sse("step", step.model_dump_json())
                 assert run.answer is not None
-                yield _sse("answer", json.dumps(_answer_json(run.answer, include_trace)))
+                yield _sse("answer", json.dumps(_answer_json(run.answer, include_trace, run.kept)))
             finally:
                 run.stop()
 
@@ -683,7 +753,10 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         gate = srv.get_gate()
         return {
             "status": "ok",
+            "service": "visagent",  # how `visagent ask` recognizes a server to use
             "version": app_version,
+            "profile": agent.config.profile,
+            "planner": _planner_kind(agent),
             "uptime_s": round(time.time() - srv.started, 3),
             "active": gate.active,
             "queued": gate.waiting,
@@ -691,7 +764,14 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             "max_queue": gate.queue,
             "served": gate.served,
             "refused": gate.refused,
+            **srv.sessions.stats(),
         }
+
+    @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(auth)], responses=errors, summary="Close a kept session")
+    async def close_session(session_id: str) -> dict[str, Any]:
+        if not srv.sessions.close(session_id):
+            raise Problem(404, "unknown or expired session")
+        return {"closed": session_id}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -705,6 +785,16 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _planner_kind(agent: "Agent") -> str:
+    """The planner's kind (``llava``, ``openai``, ``langchain``, ``script``), never a plan's path."""
+    spec = agent._planner_spec
+    if spec is None:
+        return agent.config.planner.kind
+    if isinstance(spec, str):
+        return spec.split(":", 1)[0]
+    return str(getattr(spec, "name", type(spec).__name__)).split(":", 1)[0]
 
 
 def _timeout_message(timeout_s: float) -> str:
