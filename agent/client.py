@@ -413,8 +413,13 @@ class RemoteConversation:
         self.pending.append(source)
         return self.local._ids[source]
 
-    def stream(self, question: str, *, trace_path: str | Path | None = None, planner: Any = None, **_: Any) -> RemoteRun:
-        plan = plan_dicts(planner.plan) if planner is not None else None
+    def stream(
+        self, question: str, *, trace_path: str | Path | None = None, planner: Any = None, plan: list[dict[str, Any]] | None = None, **_: Any
+    ) -> RemoteRun:
+        """The next turn. ``planner``: a ``ScriptedPlanner`` whose plan is sent (as ``plan``, already
+        as dicts); any other planner is the server's."""
+        if planner is not None:
+            plan = plan_dicts(planner.plan)
         pending, self.pending = self.pending, []
         run = RemoteRun(self.server, question, [], max_steps=self.max_steps, plan=plan, trace_path=trace_path, conversation=self)
         run.sources = pending  # already checked and registered by this conversation
@@ -434,13 +439,20 @@ class RemoteConversation:
                 self.regions.setdefault(region["id"], step.tool)
 
 
-def plan_of(planner: str | None) -> list[dict[str, Any]] | None:
-    """The steps of a ``script:PLAN.yaml`` planner, to send with the request (None otherwise)."""
+def plans_of(planner: str | None) -> list[list[dict[str, Any]]] | None:
+    """The plans of a ``script:PLAN.yaml`` planner (one, or one per turn), to send with the
+    requests (None for another planner)."""
     if not planner or not planner.startswith("script:"):
         return None
-    from visagent.planners.scripted import ScriptedPlanner
+    from visagent.planners.scripted import load_plans
 
-    return plan_dicts(ScriptedPlanner(planner[len("script:") :]).plan)
+    return [plan_dicts(plan) for plan in load_plans(planner[len("script:") :])]
+
+
+def plan_of(planner: str | None) -> list[dict[str, Any]] | None:
+    """The plan a single run of a ``script:PLAN.yaml`` planner follows (its first turn's)."""
+    plans = plans_of(planner)
+    return plans[0] if plans else None
 
 
 def plan_dicts(steps: Sequence[Any]) -> list[dict[str, Any]]:

@@ -391,6 +391,8 @@ class ScenarioRunner:
     """Runs scenarios on agents that share one ModelPool (one agent per profile; thread-safe).
 
     ``profile``: for scenarios that name none. ``planner``: for scenarios without a plan.
+    ``server``: a ``visagent.client.RemoteServer`` that answers the scenarios whose profile it runs
+    (the others run here).
     """
 
     def __init__(
@@ -400,31 +402,55 @@ class ScenarioRunner:
         planner: str | None = None,
         pool: Any = None,
         overrides: dict[str, Any] | None = None,
+        server: Any = None,
     ) -> None:
-        from visagent.pool import ModelPool
-
         self.profile = profile
         self.config_path = config_path
         self.planner = planner
         self.overrides = overrides or {}
-        self.pool = pool if pool is not None else ModelPool()
+        self.server = server
+        self._pool = pool
         self._agents: dict[str, Any] = {}
+        self._configs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def config(self, scenario: Scenario) -> Any:
-        return self.agent(scenario).config
+    @property
+    def pool(self) -> Any:
+        """The model pool the local agents share (made when the first one is)."""
+        from visagent.pool import ModelPool
 
-    def agent(self, scenario: Scenario) -> Any:
-        from visagent.agent import Agent
+        with self._lock:
+            if self._pool is None:
+                self._pool = ModelPool()
+            return self._pool
+
+    def config(self, scenario: Scenario) -> Any:
         from visagent.config import load_config
 
         profile = scenario.profile or self.profile
         key = profile or ""
         with self._lock:
-            if key not in self._agents:
-                cfg = load_config(self.config_path, profile=profile, overrides=self.overrides)
-                self._agents[key] = Agent(cfg, planner=self.planner, pool=self.pool)
-            return self._agents[key]
+            if key not in self._configs:
+                self._configs[key] = load_config(self.config_path, profile=profile, overrides=self.overrides)
+            return self._configs[key]
+
+    def agent(self, scenario: Scenario) -> Any:
+        from visagent.agent import Agent
+
+        cfg = self.config(scenario)
+        pool = self.pool
+        with self._lock:
+            if cfg.profile not in self._agents:
+                self._agents[cfg.profile] = Agent(cfg, planner=self.planner, pool=pool)
+            return self._agents[cfg.profile]
+
+    def remote(self, scenario: Scenario) -> Any:
+        """The server that runs ``scenario`` (it runs the scenario's profile and planner), or None."""
+        if self.server is None:
+            return None
+        if self.server.mismatch(self.config(scenario).profile, None if scenario.plan else self.planner):
+            return None
+        return self.server
 
     def skip_reason(self, scenario: Scenario) -> str | None:
         """Why ``scenario`` cannot run here (a required family is tiny or missing), or None."""
@@ -462,13 +488,17 @@ class ScenarioRunner:
                 result["skipped"] = reason
                 result["passed"] = None
                 return result
-            agent = self.agent(scenario)
-            result["profile"] = agent.config.profile
+            cfg = self.config(scenario)
+            result["profile"] = cfg.profile
             plans = scenario.plans()
             all_steps: list[ToolStep] = []
             answer: Answer | None = None
             # the turns of a scenario are one conversation: media, region ids and call numbers carry over
-            conversation = agent.chat(scenario.media_sources(), max_steps=scenario.max_steps)
+            remote = self.remote(scenario)
+            if remote is not None:
+                conversation: Any = remote.chat(scenario.media_sources(), max_steps=scenario.max_steps, limits=cfg.limits)
+            else:
+                conversation = self.agent(scenario).chat(scenario.media_sources(), max_steps=scenario.max_steps)
             for k, question in enumerate(scenario.turns):
                 planner = ScriptedPlanner(plans[k]) if plans else None
                 answer = conversation.ask(question, planner=planner)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+from visagent.cli import LocalOpt, ServerOpt  # defined before the commands are registered
 
 
 def register(app: typer.Typer) -> None:
@@ -24,19 +26,30 @@ def register(app: typer.Typer) -> None:
         max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="planner steps per question")] = None,
         trace_dir: Annotated[Optional[Path], typer.Option(help="write each turn's trace as turn-N.jsonl here")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,
+        server: ServerOpt = None,
+        local: LocalOpt = False,
     ) -> None:
         """Ask questions about MEDIA one after another, keeping earlier evidence referable."""
-        from visagent.agent import Agent
-        from visagent.cli import TINY_NOTE, _Activity, _announce_load, _load_config, _print_answer, err, out
+        from visagent.cli import _Activity, _announce_load, _load_config, _print_answer, err, find_remote, out, tiny_note
         from visagent.types import describe_step
 
         cfg = _load_config(config, profile)
-        if cfg.profile == "tiny":
-            err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
-        agent = Agent(cfg, planner=planner)
-        if err.is_terminal:
-            agent.pool.add_listener(_announce_load)
-        conv = agent.chat(media, max_steps=max_steps)
+        remote = find_remote(server, local, profile, config, planner, cfg)
+        if (remote.profile if remote is not None else cfg.profile) == "tiny":
+            tiny_note()
+        if remote is not None:  # the server keeps the session: its ids stay citable turn after turn
+            conv: Any = remote.chat(media, max_steps=max_steps, limits=cfg.limits)
+            from visagent.client import plans_of
+
+            scripted = plans_of(planner)  # sent with each turn: plan k for turn k
+        else:
+            from visagent.agent import Agent
+
+            agent = Agent(cfg, planner=planner)
+            if err.is_terminal:
+                agent.pool.add_listener(_announce_load)
+            conv = agent.chat(media, max_steps=max_steps)
+            scripted = None
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)
         ids = ", ".join(conv.media.ids())
@@ -64,7 +77,8 @@ def register(app: typer.Typer) -> None:
                 continue
             trace = trace_dir / f"turn-{len(conv.turns) + 1}.jsonl" if trace_dir is not None else None
             with _Activity(enabled=err.is_terminal and not verbose) as activity:
-                run = conv.stream(line, trace_path=trace, progress=activity.progress)
+                extra = {"plan": scripted[min(len(conv.turns), len(scripted) - 1)]} if scripted else {}
+                run = conv.stream(line, trace_path=trace, progress=activity.progress, **extra)
                 for step in run:
                     if verbose:
                         err.print(describe_step(step), markup=False)

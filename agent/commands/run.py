@@ -9,6 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from visagent.cli import LocalOpt, ServerOpt  # defined before the commands are registered
+
 
 def register(app: typer.Typer) -> None:
     @app.command(name="run")
@@ -22,6 +24,8 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option(help="skip scenarios already in the results file")] = False,
         junit: Annotated[Optional[Path], typer.Option(help="also write a JUnit XML report")] = None,
         select: Annotated[Optional[str], typer.Option("--select", "-k", help="only scenarios whose id contains this text")] = None,
+        server: ServerOpt = None,
+        local: LocalOpt = False,
     ) -> None:
         """Run scenarios; exit 1 if any failed, 2 for an invalid scenario file."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,7 +51,10 @@ def register(app: typer.Typer) -> None:
         todo = [s for s in scenarios if s.id not in previous]
         if profile == "tiny" and any(s.profile is None for s in todo):
             err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
-        runner = ScenarioRunner(profile=profile, config_path=config, planner=planner)
+        from visagent.client import find_server
+
+        # a running server answers the scenarios whose profile and planner it runs; the others run here
+        runner = ScenarioRunner(profile=profile, config_path=config, planner=planner, server=find_server(server, local=local))
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             results_file = out_path.open("a", encoding="utf-8")

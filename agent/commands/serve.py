@@ -22,10 +22,24 @@ def serve(
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="seconds per request before 504 (default 300)")] = None,
     trace_dir: Annotated[Optional[Path], typer.Option("--trace-dir", help="write each request's trace (and copies of its inputs) here, for `visagent replay`")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "warning",
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background (stop it with `visagent stop`)")] = False,
 ) -> None:
     """Serve the agent over HTTP: POST /v1/ask, /v1/ask/stream; GET /v1/tools, /v1/models, /healthz."""
     from visagent.cli import TINY_NOTE, _load_config, err
     from visagent.server import is_loopback, load_settings
+
+    if detach:
+        given = {
+            "--host": host, "--port": port, "--profile": profile, "--config": config, "--planner": planner,
+            "--max-concurrency": max_concurrency, "--max-queue": max_queue, "--timeout": timeout, "--trace-dir": trace_dir,
+            "--log-level": log_level,
+        }  # fmt: skip
+        args = [item for flag, value in given.items() if value is not None for item in (flag, str(value))]
+        args += [item for root in allow_root or [] for item in ("--allow-root", root)]
+        from visagent.daemon import start_detached
+
+        start_detached(args, _load_config(config, profile), token=token, host=host, port=port)
+        return
 
     cfg = _load_config(config, profile)
     settings = load_settings(
@@ -58,5 +72,18 @@ def serve(
     run_server(agent, settings, log_level=log_level)
 
 
+def stop(
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="the server's port (default: every detached server)")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="profile whose cache folder holds the pid files")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (its cache_dir holds the pid files)")] = None,
+) -> None:
+    """Stop servers started with `visagent serve --detach`."""
+    from visagent.cli import _load_config
+    from visagent.daemon import stop_detached
+
+    stop_detached(_load_config(config, profile), port)
+
+
 def register(app: typer.Typer) -> None:
     app.command(name="serve")(serve)
+    app.command(name="stop")(stop)
