@@ -6,7 +6,14 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The torch build is picked when installing: on aarch64 Linux without an NVIDIA GPU (no nvidia-smi and
+# no /dev/nvidiactl) PyPI's CPU-only aarch64 wheels, torch==2.9.1 torchvision==0.24.1; everywhere else,
+# x86_64 included with or without a GPU, torch==2.14.1 torchvision==0.29.1. PyPI's x86_64 wheels are CUDA
+# builds, and its x86_64 torchvision does not load beside a CPU-only torch (torchvision::nms does not exist).
+TORCH_CUDA := torch==2.14.1 torchvision==0.29.1
+TORCH_CPU := torch==2.9.1 torchvision==0.24.1
+TORCH ?= $(shell if [ "$$(uname -m)" = aarch64 ] && ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /dev/nvidiactl ]; \
+  then echo '$(TORCH_CPU)'; else echo '$(TORCH_CUDA)'; fi)
 # the demo's profile: tiny (offline, built locally) or default (the real checkpoints)
 PROFILE ?= tiny
 BIN := $(VENV)/bin
@@ -16,6 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@echo "torch build: $(TORCH) ($(if $(filter file,$(origin TORCH)),$(if $(filter $(TORCH),$(TORCH_CPU)),CPU-only: no NVIDIA GPU on this aarch64 machine,the default),set by TORCH)); to pick another: make clean, then make $(or $(MAKECMDGOALS),install) TORCH=\"torch==... torchvision==...\""
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[all,dev]'
 	# groundingdino-py pins an old `supervision`; its real needs come with the gdino extra
