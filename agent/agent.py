@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -119,6 +120,7 @@ class RunStream:
                 turns=[h["question"] for h in self.history] + [question],
                 session=self.session.snapshot(),
                 media=self.media.infos(),
+                cwd=_cwd(),
                 config=redact(agent.config.model_dump(mode="json")),  # secrets masked by key name
                 checkpoints={k: v.checkpoint for k, v in agent.config.models.items()},
                 planner=getattr(self.planner, "name", type(self.planner).__name__),
@@ -447,3 +449,11 @@ class Agent:
         from visagent.aio import astream
 
         return astream(self, question, media, **kwargs)
+
+
+def _cwd() -> str:
+    """The current folder, or "" where it was removed under the process."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""

@@ -37,7 +37,7 @@ from visagent.planners.base import PlannerState
 from visagent.render import iter_regions
 from visagent.runner import RecordedFailure
 from visagent.tools.base import Region, Tool, ToolInput, ToolOutput
-from visagent.trace import read_trace
+from visagent.trace import read_traces
 from visagent.types import Answer, ErrorStep, FinalStep, MediaInfo, PlannerReply, PlannerStep, Step, ToolStep, Trace
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,33 @@ def canonical(args: Any) -> str:
 
 
 # -- media --------------------------------------------------------------------------------------
+def _find_relative(source: str, folders: list[tuple[str, Path | None]]) -> tuple[Path | None, str]:
+    """The first ``folder / source`` that exists, and where it was looked for (for the error)."""
+    tried = []
+    for label, folder in folders:
+        if folder is None:
+            continue
+        candidate = folder / source
+        if candidate.exists():
+            return candidate, ""
+        tried.append(f"{label} {folder}")
+    return None, ", ".join(tried)
+
+
 def reload_media(
-    infos: list[MediaInfo], config: Config, base: Path | None = None, trace_dir: Path | None = None, media_dir: Path | None = None
+    infos: list[MediaInfo],
+    config: Config,
+    base: Path | None = None,
+    trace_dir: Path | None = None,
+    media_dir: Path | None = None,
+    recorded_cwd: Path | None = None,
 ) -> list[Any]:
     """Sources to pass to the run, checked against the recorded sha256 (``UsageError`` if changed,
     or if the trace records none: nothing unchecked is loaded).
 
     Only the run's inputs are re-loaded (frames a tool produced carry a ``parent``). A relative path
-    is looked up in the current folder, then beside the trace. An input without a file of its own
+    is looked up in the folder the run was started in (``recorded_cwd``), then beside the trace,
+    then in ``base`` (the current folder). An input without a file of its own
     (in-memory image, bytes, URL) comes from the copy written beside the trace
     (``MediaInfo.saved_copy``, relative to ``trace_dir``), which must lie in the trace's own media
     folder ``media_dir``.
@@ -67,12 +86,17 @@ def reload_media(
     limits = config.limits
     check = MediaStore(limits.max_pixels, limits.allow_urls, limits.max_video_pixels)
     sources: list[Any] = []
+    folders = [("the run's folder", recorded_cwd), ("the trace's folder", trace_dir), ("the current folder", base)]
     for info in infos:
         if info.parent:
             continue
         source: Any = info.source
         fileless = source in _UNLOADABLE or source.startswith(("http://", "https://"))
-        if info.saved_copy and (fileless or not Path(source).exists()):
+        tried = ""
+        if not fileless and not source.startswith("sample:") and not Path(source).expanduser().is_absolute():
+            found, tried = _find_relative(source, folders)
+            source = str(found) if found is not None else source
+        if info.saved_copy and (fileless or not Path(source).expanduser().exists()):
             copy = ((trace_dir or Path.cwd()) / info.saved_copy).resolve()
             if media_dir is not None and not copy.is_relative_to(media_dir.resolve()):
                 raise UsageError(f"cannot re-load {info.id}: its copy {info.saved_copy} lies outside the trace's media folder {media_dir}")
@@ -88,11 +112,8 @@ def reload_media(
                 f"cannot re-load {info.id}: its source was {info.source!r} and the trace has no copy of it "
                 "(replay needs file paths, sample:NAME, or a trace written with its input copies)"
             )
-        if isinstance(source, str) and not source.startswith("sample:") and not Path(source).is_absolute() and not Path(source).exists():
-            for folder in (base, trace_dir):
-                if folder is not None and (folder / source).exists():
-                    source = str(folder / source)
-                    break
+        elif tried:
+            raise UsageError(f"cannot re-load {info.id}: {info.source} is not in {tried}")
         if not info.sha256:
             raise UsageError(f"the trace records no sha256 for {info.id} ({info.source}): it cannot be checked, so it is not replayed")
         media_id = check.add(source)
@@ -282,11 +303,17 @@ class ReplayResult:
     trace_path: str
     models_loaded: int = 0
     media: Any = None  # the replayed run's MediaStore
+    run: int = 1  # which run of the file was replayed (1-based)
+    runs: int = 1  # how many runs the file holds
+    #: re-planning: cited region ids of the replayed run -> the recorded ids they were renumbered from
+    renumbered: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "same": self.same,
             "trace": self.trace_path,
+            "run": self.run,
+            "runs": self.runs,
             "replanned": self.replanned,
             "answer": self.answer.answer,
             "status": self.answer.status,
@@ -295,6 +322,7 @@ class ReplayResult:
             "recorded_status": (self.recorded or {}).get("status"),
             "recorded_evidence": [e.get("id") for e in (self.recorded or {}).get("evidence", [])],
             "divergence": self.divergence,
+            "renumbered": self.renumbered,
             "served": self.served,
             "ran": self.ran,
             "models_loaded": self.models_loaded,
@@ -310,6 +338,7 @@ def replay(
     tools: list[type[Tool]] | None = None,
     pool: Any = None,
     trust_trace_config: bool = False,
+    run: int | None = None,
 ) -> ReplayResult:
     """Replay ``trace_path`` (see the module docstring).
 
@@ -318,7 +347,8 @@ def replay(
     (``load_config()``: its checkpoints, not the ones a trace names) unless ``trust_trace_config``.
     ``tools``: tool classes whose schemas (and, when re-planning, code) serve the replay, on top
     of the registered tools. ``planner``: None to replay the recorded decisions, or a planner /
-    planner spec (``llava``, ``script:PLAN.yaml``) to re-plan.
+    planner spec (``llava``, ``script:PLAN.yaml``) to re-plan. ``run``: which run of a file holding
+    several (1-based; None: the last).
     """
     from visagent.agent import Agent, RunStream
     from visagent.planners import make_planner
@@ -326,7 +356,13 @@ def replay(
     from visagent.registry import load_tools
 
     path = Path(trace_path)
-    trace, record = read_trace(path)
+    runs = read_traces(path)
+    if run is None:
+        run = len(runs)
+    if not 1 <= run <= len(runs):
+        held = f"holds {len(runs)} run" + "s" * (len(runs) != 1)
+        raise UsageError(f"{path} {held}: there is no run {run} (use 1 to {len(runs)}, or last / all)")
+    trace, record = runs[run - 1]
     replanning = planner is not None
     if config is None and replanning and not trust_trace_config:
         config = load_config()
@@ -335,7 +371,10 @@ def replay(
             config = Config.model_validate(trace.meta.config) if trace.meta.config else load_config()
         except ValidationError as exc:
             raise UsageError(f"{path}: the recorded configuration is invalid: {exc.errors()[0]['msg']}") from None
-    sources = reload_media(trace.meta.media, config, base=Path.cwd(), trace_dir=path.parent, media_dir=path.parent / f"{path.name}.media")
+    sources = reload_media(
+        trace.meta.media, config, base=Path.cwd(), trace_dir=path.parent, media_dir=path.parent / f"{path.name}.media",
+        recorded_cwd=Path(trace.meta.cwd) if trace.meta.cwd else None,
+    )  # fmt: skip
     classes: dict[str, type[Tool]] = dict(load_tools())
     for t in tools or []:
         classes[t.name] = t
@@ -360,16 +399,18 @@ def replay(
         session.history = [{"question": q} for q in trace.meta.turns[:-1]]
     for source in sources:
         session.add_media(source)
-    run = RunStream(
-        agent, question, (), planner=chosen, max_steps=_max_steps(trace, config), session=session,
+    stream = RunStream(
+        agent, question, (), planner=chosen, max_steps=_max_steps(trace, config, record), session=session,
         runner=agent.runner.with_source(recording),
     )  # fmt: skip
-    answer = run.result()
+    answer = stream.result()
     got, expected = _sig(answer.model_dump(mode="json", exclude={"trace"})), _sig(record)
     divergence = None
+    renumbered: dict[str, str] = {}
     if replanning:
-        got["evidence"] = [recording.old_of_new.get(e, e) for e in got["evidence"]]  # in the recording's ids
-        same = got == expected if record is not None else answer.status != "failed"
+        renumbered = {e: recording.old_of_new[e] for e in got["evidence"] if recording.old_of_new.get(e, e) != e}
+        in_recorded_ids = {**got, "evidence": [recording.old_of_new.get(e, e) for e in got["evidence"]]}
+        same = in_recorded_ids == expected if record is not None else answer.status != "failed"
     elif record is None:  # interrupted run: the replay must reproduce every recorded step
         divergence = first_divergence(trace.steps, answer.trace.steps[: len(trace.steps)])
         same = divergence is None
@@ -389,12 +430,17 @@ def replay(
         replanned=replanning,
         trace_path=str(path),
         models_loaded=loaded,
-        media=run.media,
+        media=stream.media,
+        run=run,
+        runs=len(runs),
+        renumbered=renumbered,
     )
 
 
-def _max_steps(trace: Trace, config: Config) -> int:
+def _max_steps(trace: Trace, config: Config, record: dict[str, Any] | None = None) -> int:
     n_decisions = sum(1 for s in trace.steps if isinstance(s, PlannerStep) or (isinstance(s, ErrorStep) and s.source == "planner"))
+    if record is not None and record.get("status") == "max_steps":  # the run stopped at its step budget: the same budget
+        return max(n_decisions, 1)
     return max(config.limits.max_steps, 1) if n_decisions <= config.limits.max_steps else n_decisions
 
 

@@ -78,9 +78,14 @@ class TraceWriter:
 def read_trace(path: str | os.PathLike[str]) -> tuple[Trace, dict[str, Any] | None]:
     """Read a trace file -> (Trace, the answer record or None for an interrupted run).
 
-    A file may hold several runs (appended); the last run is returned. A final line cut off by a
-    kill is ignored.
+    A file may hold several runs (appended); the last run is returned (``read_traces``: all of
+    them). A final line cut off by a kill is ignored.
     """
+    return read_traces(path)[-1]
+
+
+def read_traces(path: str | os.PathLike[str]) -> list[tuple[Trace, dict[str, Any] | None]]:
+    """Every run of a trace file, in the order they were appended: (Trace, answer record or None)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"trace file not found: {p}")
@@ -122,4 +127,4 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[Trace, dict[str, Any] | No
             raise UsageError(f"{p}:{n}: invalid trace record: {exc.errors()[0]['msg']}") from None
     if not runs:
         raise UsageError(f"{p}: no run in this trace file")
-    return runs[-1]
+    return runs

@@ -184,6 +184,8 @@ class RunMeta(BaseModel):
     #: the session this turn started from (None: a fresh session, e.g. ``Agent.ask``)
     session: SessionState | None = None
     media: list[MediaInfo] = Field(default_factory=list)
+    #: the folder relative media paths were given in (absolute; "" in traces written before it)
+    cwd: str = ""
     config: dict[str, Any] = Field(default_factory=dict)
     checkpoints: dict[str, str] = Field(default_factory=dict)
     planner: str = ""

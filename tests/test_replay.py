@@ -237,3 +237,102 @@ def test_replay_of_a_video_given_as_bytes(make_agent, tmp_path):
     assert copy.suffix == ".video" and copy.read_bytes() == data
     result = replay(path, tools=[frames_tool])
     assert result.same, result.divergence
+
+
+def test_replay_chooses_among_several_runs_in_one_file(make_agent, recorded, capsys):
+    second = [{"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}}, {"final": "2 cups", "evidence": ["det_1_1"]}]
+    make_agent(second, tools=FAKE_TOOLS).ask("How many cups?", ["sample:coffee"], trace_path=recorded)
+    assert main(["replay", str(recorded)]) == 0
+    captured = capsys.readouterr()
+    assert "replaying run 2 of the 2 runs in" in captured.err and "--run" in captured.err
+    assert "same answer: '2 cups'" in captured.out
+    assert main(["replay", str(recorded), "--run", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "replaying run 1 of the 2 runs" in captured.err and "same answer: '1 cup'" in captured.out
+    assert main(["replay", str(recorded), "--run", "all", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["run"], r["runs"], r["answer"], r["same"]) for r in rows] == [(1, 2, "1 cup", True), (2, 2, "2 cups", True)]
+    lines = _lines(recorded)
+    first_answer = next(i for i, d in enumerate(lines) if d.get("type") == "answer")
+    lines[first_answer]["answer"] = "3 cups"  # only the first run no longer matches
+    _write(recorded, lines)
+    assert main(["replay", str(recorded)]) == 0  # the last run still matches
+    capsys.readouterr()
+    assert main(["replay", str(recorded), "--run", "all"]) == 1
+    captured = capsys.readouterr()
+    assert "run 1: diverged" in captured.out and "run 2: same answer" in captured.out
+    assert "1 of 2 runs reached the recorded answer; diverged: run 1" in captured.err
+    assert main(["replay", str(recorded), "--run", "3"]) == 2
+    assert "holds 2 runs: there is no run 3" in capsys.readouterr().err
+    assert main(["replay", str(recorded), "--run", "first"]) == 2
+    assert "--run takes a run number from 1, last or all" in capsys.readouterr().err
+
+
+def test_replay_finds_relative_media_from_another_folder(make_agent, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    work, traces, elsewhere = (tmp_path / n for n in ("work", "traces", "elsewhere"))
+    for folder in (work, traces, elsewhere):
+        folder.mkdir()
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(work / "mycat.png")
+    monkeypatch.chdir(work)
+    plan = [{"tool": "fake_find", "args": {"image": "img_0", "label": "cat", "n": 1}}, {"final": "a cat", "evidence": ["det_1_0"]}]
+    path = traces / "t.jsonl"
+    make_agent(plan, tools=FAKE_TOOLS).ask("Is there a cat?", ["mycat.png"], trace_path=path)
+    trace, _ = read_trace(path)
+    assert trace.meta.media[0].source == "mycat.png" and trace.meta.cwd == str(work)
+    monkeypatch.chdir(elsewhere)  # neither here nor beside the trace: the run's folder has it
+    result = replay(path, tools=FAKE_TOOLS)
+    assert result.same, result.divergence
+    assert main(["replay", str(path)]) == 0
+    assert "same answer: 'a cat'" in capsys.readouterr().out
+    # the run's folder gone (e.g. another machine): beside the trace is the next place looked in
+    lines = _lines(path)
+    lines[0]["cwd"] = str(tmp_path / "gone")
+    _write(path, lines)
+    with pytest.raises(UsageError, match=r"cannot re-load img_0: mycat.png is not in the run's folder .*gone, the trace's folder"):
+        replay(path, tools=FAKE_TOOLS)
+    (work / "mycat.png").rename(traces / "mycat.png")
+    assert replay(path, tools=FAKE_TOOLS).same
+
+
+def test_replan_shows_the_replayed_runs_ids(recorded, tmp_path, monkeypatch, capsys):
+    import functools
+
+    import visagent.replay
+
+    monkeypatch.setattr(visagent.replay, "replay", functools.partial(replay, tools=FAKE_TOOLS))
+    plan = tmp_path / "plan.yaml"
+    steps = [
+        {"tool": "echo", "args": {"text": "new call"}},
+        {"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 2}},  # recorded as call 1, now call 2
+        {"tool": "segment", "args": {"image": "img_0", "boxes": ["det_2_0"]}},
+        {"final": "1 cup", "evidence": ["det_2_0", "mask_3_0"]},
+    ]
+    plan.write_text(yaml.safe_dump(steps))
+    assert main(["replay", str(recorded), "--planner", f"script:{plan}"]) == 0
+    out = capsys.readouterr().out
+    assert "same answer: '1 cup' citing det_2_0, mask_3_0" in out
+    assert "renumbered from the recorded ones: det_2_0 (recorded as det_1_0), mask_3_0 (recorded as mask_2_0)" in out
+    steps[-1]["evidence"] = ["det_2_1"]  # another box: diverged, shown in the replayed run's own ids
+    plan.write_text(yaml.safe_dump(steps))
+    assert main(["replay", str(recorded), "--planner", f"script:{plan}", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["evidence"] == ["det_2_1"] and data["divergence"]["got"]["evidence"] == ["det_2_1"]
+    assert data["divergence"]["expected"]["evidence"] == ["det_1_0", "mask_2_0"]
+    assert data["renumbered"] == {"det_2_1": "det_1_1"}
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "status", "error"),
+    [(None, "failed", "the scripted plan ran out after 1 steps"), (1, "max_steps", "no final answer within 1 steps")],
+)
+def test_replay_of_a_run_without_answer_says_so(make_agent, tmp_path, capsys, max_steps, status, error):
+    path = tmp_path / "t.jsonl"
+    plan = [{"tool": "fake_find", "args": {"image": "img_0", "label": "cup", "n": 1}}]
+    answer = make_agent(plan, tools=FAKE_TOOLS).ask("How many cups?", ["sample:coffee"], trace_path=path, max_steps=max_steps)
+    assert answer.status == status, answer.error
+    assert main(["replay", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"same result: no answer (status {status}: {error}" in out
+    assert "same answer" not in out
