@@ -18,6 +18,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 if "VISAGENT_TEST_CACHE" not in os.environ:
     os.environ["VISAGENT_TEST_CACHE"] = tempfile.mkdtemp(prefix="visagent-test-cache-")
 os.environ["VISAGENT_CACHE_DIR"] = os.environ["VISAGENT_TEST_CACHE"]
+# the CLI runs in-process unless a test names a server (a developer's own `visagent serve` is left alone)
+os.environ["VISAGENT_LOCAL"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
