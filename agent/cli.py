@@ -303,8 +303,90 @@ def doctor(profile: ProfileOpt = None, config: ConfigOpt = None) -> None:
     ):  # fmt: skip
         ok = find_spec(mod) is not None
         out.print(f"  {mod:22s} {'ok' if ok else '[yellow]missing[/yellow] (pip install visagent[' + extra + '])'}")
-    out.print(f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}; cache dir {cfg.cache_path}")
+    out.print(f"cache dir {cfg.cache_path}", highlight=False)
     models(profile=cfg.profile, config=config)
+    rows = _doctor_models(cfg)
+    for family, checkpoint, ok, advice in rows:
+        if not ok:
+            out.print(f"[yellow]{family}[/yellow]: {checkpoint} ", end="", highlight=False)
+            out.print(advice, markup=False, highlight=False)
+    missing = [r for r in rows if not r[2]]
+    if missing and cfg.profile != "tiny":
+        out.print("  or try the whole pipeline first with --profile tiny (tiny random models, built locally)", highlight=False)
+    out.print(_hub_offline_words(cached=not any(_is_hub_id(r[1]) for r in missing)), markup=False, highlight=False)
+    usable = len(rows) - len(missing)
+    planner_kind = cfg.planner.kind
+    needs_planner_model = planner_kind == "llava"
+    planner_row = next((r for r in rows if r[0] == "planner"), None)
+    planner_ok = not needs_planner_model or (planner_row is not None and planner_row[2])
+    summary = f"{usable} of {len(rows)} models usable"
+    if not needs_planner_model:
+        summary += f"; planner kind {planner_kind!r} needs no local planner model"
+    if not planner_ok:
+        checkpoint = planner_row[1] if planner_row is not None else "(none configured)"
+        why = f"the planner ({checkpoint}) is not usable, so `visagent ask` cannot plan"
+        out.print(f"[red]not ready:[/red] {summary}; {why}", highlight=False)
+        raise Exit(1)
+    if usable == 0:
+        out.print(f"[red]not ready:[/red] {summary}: no tool can run", highlight=False)
+        raise Exit(1)
+    if missing:
+        names = ", ".join(r[0] for r in missing)
+        why = f"the tools of {names} will fail until their checkpoints are there"
+        out.print(f"[yellow]ready, with gaps:[/yellow] {summary}; {why}", highlight=False)
+    else:
+        out.print(f"[green]ready:[/green] {summary}", highlight=False)
+
+
+def _is_hub_id(checkpoint: str) -> bool:
+    """A Hugging Face Hub id (``org/name``), not ``tiny:``, ``builtin`` or a file path."""
+    return (
+        checkpoint.count("/") == 1 and ":" not in checkpoint and not checkpoint.startswith(("/", ".", "~"))
+        and not Path(os.path.expanduser(checkpoint)).exists()
+    )  # fmt: skip
+
+
+def _doctor_models(cfg: Any) -> list[tuple[str, str, bool, str]]:
+    """(family, checkpoint, usable now, what to do where it is not) per configured model family."""
+    from visagent.checkpoints import is_available, weights_bytes
+
+    rows = []
+    for family, mc in cfg.models.items():
+        checkpoint = mc.checkpoint
+        ok, _ = is_available(checkpoint, family=family, backend=mc.backend, cache_dir=cfg.cache_path)
+        advice = ""
+        if checkpoint == "builtin":
+            ok = weights_bytes(checkpoint, backend=mc.backend, cache_dir=cfg.cache_path) is not None
+            advice = f"ships with the {mc.backend} package, which is missing: pip install 'visagent[{family}]'"
+        elif _is_hub_id(checkpoint):
+            advice = (
+                f"is not in the Hugging Face cache: run `hf download {checkpoint}` where the Hub is reachable, "
+                f"or set models.{family}.checkpoint in your config to a local folder holding it"
+            )
+        elif not ok:
+            advice = f"is no file or folder here: set models.{family}.checkpoint in your config to an existing checkpoint folder"
+        rows.append((family, checkpoint, ok, advice))
+    return rows
+
+
+def _hub_offline_words(cached: bool) -> str:
+    """What HF_HUB_OFFLINE is set to, in plain words, with advice; ``cached``: every Hub checkpoint is cached."""
+    from visagent.checkpoints import hub_offline
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if hub_offline():
+        return (
+            f"HF_HUB_OFFLINE={value}: offline. Only checkpoints already in the Hugging Face cache (or local folders) "
+            "are used; nothing is downloaded, and a missing one is an error naming it."
+        )
+    shown = "is not set" if value is None else f"={value!r} (not 1: online)"
+    text = (
+        f"HF_HUB_OFFLINE {shown}: the Hugging Face Hub will be contacted when a model loads, and checkpoints "
+        "missing from the cache are downloaded; where the Hub cannot be reached, loading waits and retries before it fails."
+    )
+    if cached:
+        text += "\n  every Hub checkpoint configured is cached: `export HF_HUB_OFFLINE=1` to load them without contacting the Hub"
+    return text
 
 
 def _register_commands() -> None:
