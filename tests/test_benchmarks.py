@@ -89,3 +89,10 @@ def test_server(tmp_path: Path) -> None:
         assert level["requests"] == 4 and level["failures"] == 0, level
         assert positive(level["rps"]) and level["p95_ms"] >= level["p50_ms"] > 0
     assert math.isfinite(result["overhead_ms"])
+
+
+def test_client(tmp_path: Path) -> None:
+    result = run_benchmark(tmp_path, "client", "--repeats", "1")
+    assert result["repeats"] == 1 and positive(result["server_first_ask_ms"]) and positive(result["speedup"])
+    for mode in ("local_ms", "server_ms"):
+        assert len(result[mode]["runs"]) == 1 and all(positive(x) for x in result[mode]["runs"])
