@@ -19,11 +19,41 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from visagent.secrets import install_log_filter, scrub
 from visagent.types import describe_step
 
-app = typer.Typer(
+
+class _FlagsTakeNoValue:
+    """typer's rich help shows a flag's Python type (``--json <bool>``) although a flag takes no
+    value; flags here show none (``--json``), like click's plain help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    """``typer.Typer`` whose commands (here and in ``visagent.commands``) show flags as flags."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     name="visagent",
     help="Ask questions about images and videos; get answers grounded in boxes, masks and text.",
     no_args_is_help=True,
