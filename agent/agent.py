@@ -28,7 +28,7 @@ from visagent.grounding import FinalCheck, GroundingPolicy
 from visagent.planners import Planner, PlannerState, make_planner
 from visagent.pool import ModelPool
 from visagent.runner import ToolRunner, format_validation_error
-from visagent.safe import clean
+from visagent.safe import clean, strip_controls_in
 from visagent.secrets import redact, scrub
 from visagent.session import Session, session_property
 from visagent.tools.base import Tool
@@ -250,7 +250,7 @@ class RunStream:
                 msg = f"the planner failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
                 yield self._emit(ErrorStep(source="planner", code="planner_output", message=clean(msg)))
                 continue
-            reply = _serializable(reply)
+            reply = strip_controls_in(_serializable(reply))  # thought, answer, arguments, raw text: shown on terminals
             decision = reply.decision
             yield self._emit(
                 PlannerStep(

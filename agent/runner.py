@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from visagent.context import CallContext, Models
 from visagent.errors import MediaError, ToolError, UsageError
+from visagent.safe import strip_controls, strip_controls_in
 from visagent.tools.base import ToolInput, ToolOutput, clip_text
 from visagent.types import ErrorStep, Step, ToolStep
 
@@ -148,8 +149,8 @@ class ToolRunner:
         ctx = CallContext(session, self.models, session.next_call(), progress)
         t0 = time.perf_counter()
         try:
-            output = self._output(tool, inp, args, ctx)
-            observation = clip_text(output.observation())
+            output = strip_controls_in(self._output(tool, inp, args, ctx))  # model text, shown on terminals
+            observation = clip_text(strip_controls(output.observation()))
         except RecordedFailure as exc:
             session.release_call(ctx.call)
             recorded = exc.step

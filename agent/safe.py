@@ -11,14 +11,19 @@ error).
 - ``load_yaml(text)``: ``yaml.safe_load`` that refuses more than ``MAX_ALIASES`` aliases, deeper
   nesting than ``MAX_DEPTH`` and a document that expands (aliases followed) past ``MAX_NODES``.
 - ``clean(value)``: strings with lone surrogates replaced, so anything can be written as JSON.
+- ``strip_controls(text)``: model text without terminal escape sequences and C0 / C1 control
+  characters (tab and newline kept), so it can be shown on a terminal; ``strip_controls_in`` does
+  it to every string of a pydantic model, list or dict.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 MAX_TEXT_CHARS = 200_000
 MAX_FILE_BYTES = 1_000_000
@@ -45,6 +50,48 @@ def clean(value: Any) -> Any:
         return [clean(v) for v in value]
     if isinstance(value, dict):
         return {clean(k): clean(v) for k, v in value.items()}
+    return value
+
+
+#: ANSI escape sequences: CSI (``ESC [`` or the one-byte C1 CSI, parameters, final byte), OSC
+#: (``ESC ]`` up to BEL or ``ESC \\``) and two-byte ``ESC X``
+_ESCAPE_RE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]?")
+#: C0 controls but tab and newline, DEL, C1 controls
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(text: str) -> str:
+    """``text`` without escape sequences and control characters but tab and newline (``\\r\\n``
+    becomes ``\\n``): what a model generated, safe to print on a terminal."""
+    if not isinstance(text, str) or _CONTROL_RE.search(text) is None:
+        return text
+    return _CONTROL_RE.sub("", _ESCAPE_RE.sub("", text.replace("\r\n", "\n")))
+
+
+def strip_controls_in(value: Any) -> Any:
+    """``strip_controls`` on every string in ``value``: a pydantic model (changed in place, extra
+    fields included, without validation), a list or dict (changed in place), a tuple (copied) or a
+    string. Returns ``value`` (the new string or tuple for those)."""
+    if isinstance(value, str):
+        return strip_controls(value)
+    if isinstance(value, BaseModel):
+        for store in (value.__dict__, value.__pydantic_extra__ or {}):
+            for key, item in store.items():
+                new = strip_controls_in(item)
+                if new is not item:
+                    store[key] = new
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            new = strip_controls_in(item)
+            if new is not item:
+                value[i] = new
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            new = strip_controls_in(item)
+            if new is not item:
+                value[key] = new
+    elif type(value) is tuple:
+        return tuple(strip_controls_in(v) for v in value)
     return value
 
 

@@ -127,7 +127,13 @@ Step = Annotated[
 
 
 def describe_step(step: Step) -> str:
-    """One line for people: ``[2] tool  detect: 2 cups found ... (31 ms)``."""
+    """One line for people: ``[2] tool  detect: 2 cups found ... (31 ms)``, without control characters."""
+    from visagent.safe import strip_controls
+
+    return strip_controls(_describe_step(step))
+
+
+def _describe_step(step: Step) -> str:
     kind = step.type
     if isinstance(step, PlannerStep):
         act = step.action
