@@ -145,6 +145,7 @@ class ServerSettings(BaseModel):
       open connections per client address (closed at once beyond); ``max_requests_per_client``:
       requests in progress per client address (429 beyond).
     - ``include_trace``: whether answers carry the full trace by default.
+    - ``ui``: serve the web page (``visagent.ui``) at ``/ui``, behind the same token.
     - ``trace_dir``: folder where each request's trace is written as ``<trace.meta.run_id>.jsonl``,
       with copies of its inputs, so that any request can be inspected and replayed.
     - ``max_sessions`` / ``session_ttl_s``: sessions kept between requests (``"session": "new"``),
@@ -174,6 +175,7 @@ class ServerSettings(BaseModel):
     include_trace: bool = True
     trace_dir: str | None = None
     mcp_images: bool = True  # /mcp results carry the regions drawn as image content
+    ui: bool = False  # the web page at /ui (visagent serve --ui; needs the ui extra)
     max_sessions: int = Field(64, ge=0)
     session_ttl_s: float = Field(1800.0, gt=0)
     allow_plans: bool = True

@@ -784,6 +784,10 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if settings.ui:  # the web page at /ui: the same token, limits and media checks
+        from visagent.ui import mount_ui
+
+        mount_ui(app, agent, settings, checks=srv)
     return app
 
 

@@ -21,6 +21,7 @@ def serve(
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", min=0, help="requests waiting for a slot before 429 (default 16)")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="seconds per request before 504 (default 300)")] = None,
     trace_dir: Annotated[Optional[Path], typer.Option("--trace-dir", help="write each request's trace (and copies of its inputs) here, for `visagent replay`")] = None,
+    ui: Annotated[bool, typer.Option("--ui", help="also serve the web page at /ui (the ui extra; or config server.ui: true)")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "warning",
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background (stop it with `visagent stop`)")] = False,
 ) -> None:
@@ -36,6 +37,7 @@ def serve(
         }  # fmt: skip
         args = [item for flag, value in given.items() if value is not None for item in (flag, str(value))]
         args += [item for root in allow_root or [] for item in ("--allow-root", root)]
+        args += ["--ui"] if ui else []
         from visagent.daemon import start_detached
 
         start_detached(args, _load_config(config, profile), token=token, host=host, port=port)
@@ -52,6 +54,7 @@ def serve(
         max_queue=max_queue,
         timeout_s=timeout,
         trace_dir=str(trace_dir) if trace_dir is not None else None,
+        ui=ui or None,
     )
     if not is_loopback(settings.host) and not settings.token:
         from visagent.errors import UsageError
@@ -67,7 +70,8 @@ def serve(
     agent = Agent(cfg, planner=planner)
     _ = agent.planner  # an unknown planner or a bad plan file fails here, before listening
     auth = "bearer token required" if settings.token else "no auth (loopback only)"
-    err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs", markup=False)
+    page = "; web page at /ui" + (" (open it once as /ui?token=TOKEN)" if settings.token else "") if settings.ui else ""
+    err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs{page}", markup=False)
     logging.getLogger("visagent").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
     run_server(agent, settings, log_level=log_level)
 
