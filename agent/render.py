@@ -2,8 +2,9 @@
 
 ``render_answer(answer, media, path)`` writes one PNG: the image with the cited evidence drawn
 (boxes with id, label and score; masks as translucent fills with outlines; OCR lines as boxes with
-their text). Several images or video frames become one contact sheet, each tile captioned with its
-id, source and timestamp. Drawing is done with ``supervision`` annotators.
+their text). Several images or video frames become one contact sheet of packed rows (each tile
+keeps its image's aspect ratio; no letterbox bands), each tile captioned with its id, source and
+timestamp. Drawing is done with ``supervision`` annotators.
 
 Region dicts (``Evidence.region``, tool outputs in traces) follow ``visagent.tools.base.Region``:
 ``{"id", "image", "box": [x0, y0, x1, y1] original pixels, "score", "label"}`` plus optional
@@ -28,12 +29,16 @@ from visagent.types import Answer, MediaInfo
 
 log = logging.getLogger(__name__)
 
-#: largest tile side in a contact sheet (pixels); single images are drawn at full size
+#: longest tile side in a contact sheet (pixels): images are scaled to fit between MIN_TILE and
+#: TILE (smaller ones are enlarged, so captions fit); single images are drawn at full size
 TILE = 480
+MIN_TILE = 320
 #: at most this many tiles in one contact sheet (images with evidence come first)
 MAX_TILES = 24
-CAPTION_H = 22
-PAD = 6
+CAPTION_H = 18
+PAD = 3
+#: the sheet shape (width / height) the column count aims at
+SHEET_ASPECT = 1.5
 
 
 def iter_regions(value: Any) -> Iterator[dict[str, Any]]:
@@ -164,30 +169,76 @@ def _video_first_frame(path: Path) -> Image.Image | None:
         return None
 
 
-def contact_sheet(tiles: Sequence[tuple[Image.Image, str]], tile: int = TILE) -> Image.Image:
-    """Tiles (image, caption) -> one grid image; each tile fits in ``tile`` x ``tile`` + caption.
+def _row_counts(n: int, rows: int) -> list[int]:
+    """``n`` tiles over ``rows`` rows, as even as can be, fuller rows first."""
+    base, extra = divmod(n, rows)
+    return [base + (r < extra) for r in range(rows)]
 
-    ``tile`` shrinks to the largest image side when all images are smaller.
-    Size: ``cols = ceil(sqrt(n))``, ``rows = ceil(n / cols)``; width ``cols * (tile + PAD) + PAD``,
-    height ``rows * (tile + CAPTION_H + PAD) + PAD``.
+
+def sheet_layout(sizes: Sequence[tuple[int, int]], tile: int = TILE) -> tuple[int, list[tuple[int, list[int]]]]:
+    """The layout of a contact sheet of images of ``sizes`` (width, height), in order:
+    ``(sheet width, [(row height, [tile width, ...]), ...])``.
+
+    Rows are packed: every row fills the sheet's width, its tiles share one height and keep their
+    images' aspect ratios (no letterboxing). The tile height aimed at gives the images' median shape
+    its longer side within ``[min(MIN_TILE, tile), tile]``; a row with fewer tiles is taller. The
+    row count minimizes ``|log(sheet aspect / SHEET_ASPECT)| + 1.5 * max |log(row height / aimed)|``.
     """
-    n = len(tiles)
-    if n == 0:
+    if not sizes:
         raise UsageError("nothing to draw: the run has no images")
-    tile = min(tile, max(max(img.size) for img, _ in tiles))
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    sheet = Image.new("RGB", (cols * (tile + PAD) + PAD, rows * (tile + CAPTION_H + PAD) + PAD), (255, 255, 255))
+    aspects = [w / h for w, h in sizes]
+    median = sorted(aspects)[len(aspects) // 2]
+    longest = max(min(max(max(w, h) for w, h in sizes), tile), min(MIN_TILE, tile))
+    aimed = max(1.0, longest / median if median >= 1 else float(longest))
+    n = len(sizes)
+    best: tuple[float, int, list[tuple[int, list[int]]]] | None = None
+    for n_rows in range(1, n + 1):
+        counts = _row_counts(n, n_rows)
+        starts = [sum(counts[:r]) for r in range(n_rows)]
+        row_aspects = [sum(aspects[s : s + k]) for s, k in zip(starts, counts)]
+        width = round(max(aimed * a + (k + 1) * PAD for a, k in zip(row_aspects, counts)))
+        heights = [(width - (k + 1) * PAD) / a for a, k in zip(row_aspects, counts)]
+        height = sum(h + CAPTION_H + PAD for h in heights) + PAD
+        cost = abs(math.log(width / height / SHEET_ASPECT)) + 1.5 * max(abs(math.log(h / aimed)) for h in heights)
+        if best is None or cost < best[0] - 1e-9:
+            rows = []
+            for s, k, h in zip(starts, counts, heights):
+                widths = [max(1, round(h * a)) for a in aspects[s : s + k]]
+                widths[-1] = max(1, width - (k + 1) * PAD - sum(widths[:-1]))  # the row ends at the sheet's edge
+                rows.append((max(1, round(h)), widths))
+            best = (cost, width, rows)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _fit_caption(text: str, font: Any, width: int) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def contact_sheet(tiles: Sequence[tuple[Image.Image, str]], tile: int = TILE) -> Image.Image:
+    """Tiles (image, caption) -> one image, in rows packed by ``sheet_layout``: each image scaled
+    to its tile, its caption below it, ``PAD`` pixels between tiles.
+
+    Size: the layout's width; height ``sum(row height + CAPTION_H + PAD) + PAD``.
+    """
+    width, rows = sheet_layout([img.size for img, _ in tiles], tile)
+    sheet = Image.new("RGB", (width, sum(h + CAPTION_H + PAD for h, _ in rows) + PAD), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    font = _font(14)
-    for k, (img, caption) in enumerate(tiles):
-        r, c = divmod(k, cols)
-        x0 = PAD + c * (tile + PAD)
-        y0 = PAD + r * (tile + CAPTION_H + PAD)
-        thumb = img.copy()
-        thumb.thumbnail((tile, tile), Image.LANCZOS)
-        sheet.paste(thumb, (x0 + (tile - thumb.width) // 2, y0 + (tile - thumb.height) // 2))
-        draw.text((x0 + 2, y0 + tile + 3), caption, fill=(20, 20, 20), font=font)
+    font = _font(13)
+    images = iter(tiles)
+    y = PAD
+    for height, widths in rows:
+        x = PAD
+        for w in widths:
+            img, caption = next(images)
+            sheet.paste(img.convert("RGB").resize((w, height), Image.LANCZOS), (x, y))
+            draw.text((x + 2, y + height + 2), _fit_caption(caption, font, w - 4), fill=(20, 20, 20), font=font)
+            x += w + PAD
+        y += height + CAPTION_H + PAD
     return sheet
 
 

@@ -12,7 +12,6 @@ from visagent.media import MediaStore
 from visagent.render import (
     CAPTION_H,
     PAD,
-    TILE,
     annotate,
     contact_sheet,
     decode_rle,
@@ -20,6 +19,7 @@ from visagent.render import (
     region_label,
     render_answer,
     render_regions,
+    sheet_layout,
 )
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput
 
@@ -135,30 +135,61 @@ def test_contact_sheet_for_frames_with_timestamps(make_agent, tmp_path):
     render_answer(answer, run.media, out)
     sheet = Image.open(out)
     n = 4  # the input image and 3 frames
-    cols, rows = 2, 2
-    tile = min(TILE, 384)
-    assert sheet.size == (cols * (tile + PAD) + PAD, rows * (tile + CAPTION_H + PAD) + PAD)
     assert len(run.media.ids("image")) == n
+    width, rows = sheet_layout([run.media.image(i).size for i in run.media.ids("image")])
+    assert [len(widths) for _, widths in rows] == [2, 2]
+    assert rows[0][0] == 303 and rows[0][1] == [384, 384]  # coins is 384 x 303: tiles at its own size
+    assert sheet.size == (width, sum(h + CAPTION_H + PAD for h, _ in rows) + PAD)
+    assert sheet.size == (2 * 384 + 3 * PAD, 2 * (303 + CAPTION_H + PAD) + PAD)
     assert run.media.info("img_3").timestamp == 1.0
     from visagent.render import _caption
 
     assert _caption(run.media.info("img_3")) == "img_3 @ 1.00 s of vid_0"
     # the cited frame comes first in the sheet and carries the drawn box
-    first = np.asarray(sheet.crop((PAD, PAD, PAD + tile, PAD + tile)).convert("RGB")).astype(int)
-    frame = run.media.image("img_3").copy()
-    frame.thumbnail((tile, tile))
-    plain = np.zeros_like(first) + 255
-    off_y = (tile - frame.height) // 2
-    plain[off_y : off_y + frame.height, : frame.width] = np.asarray(frame)
+    first = np.asarray(sheet.crop((PAD, PAD, PAD + 384, PAD + 303)).convert("RGB")).astype(int)
+    plain = np.asarray(run.media.image("img_3")).astype(int)
     assert (first != plain).any(axis=2).sum() > 100
 
 
 def test_contact_sheet_size_formula_and_empty():
     tiles = [(Image.new("RGB", (50, 40)), f"t{k}") for k in range(5)]
     sheet = contact_sheet(tiles, tile=64)
-    assert sheet.size == (3 * (50 + PAD) + PAD, 2 * (50 + CAPTION_H + PAD) + PAD)
+    width, rows = sheet_layout([img.size for img, _ in tiles], tile=64)
+    assert [len(widths) for _, widths in rows] == [3, 2]  # fuller rows first
+    assert rows[0][0] == 51 and sum(rows[0][1]) + 4 * PAD == width  # 64 wide at 50:40; each row fills the width
+    assert sum(rows[1][1]) + 3 * PAD == width and rows[1][0] > rows[0][0]  # the shorter row has taller tiles
+    assert sheet.size == (width, sum(h + CAPTION_H + PAD for h, _ in rows) + PAD)
     with pytest.raises(UsageError, match="no images"):
         contact_sheet([])
+
+
+def _white_fraction(image: Image.Image) -> float:
+    return float((np.asarray(image.convert("RGB")) >= 250).all(axis=2).mean())
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 7, 8, 9, 12, 24])
+@pytest.mark.parametrize("size", [(1280, 720), (640, 360), (160, 90)])
+def test_contact_sheet_of_16_9_frames_has_little_white(n, size):
+    rng = np.random.default_rng(n)
+    frames = [Image.fromarray(rng.integers(0, 200, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+    sheet = contact_sheet([(f, f"img_{k} @ {k * 0.5:.2f} s of vid_0") for k, f in enumerate(frames)])
+    assert _white_fraction(sheet) < 0.15
+    w, h = sheet.size
+    assert 1 / 3 <= w / h <= 5  # neither a strip nor a column of many tiles
+    width, rows = sheet_layout([f.size for f in frames])
+    for height, widths in rows:  # every tile keeps 16:9 (rounding aside): no letterbox bands
+        assert all(abs(tw / height - 16 / 9) < 0.05 for tw in widths[:-1])
+
+
+def test_contact_sheet_of_mixed_shapes_keeps_each_aspect_ratio():
+    sizes = [(1280, 720), (480, 640), (300, 300), (1280, 720), (800, 200)]
+    width, rows = sheet_layout(sizes)
+    shapes = [(w, h) for h, widths in rows for w in widths]
+    assert len(shapes) == len(sizes)
+    for (w, h), (sw, sh) in zip(shapes, sizes):
+        assert abs(w / h - sw / sh) / (sw / sh) < 0.06
+    sheet = contact_sheet([(Image.new("RGB", s, (40, 90, 160)), "x") for s in sizes])
+    assert _white_fraction(sheet) < 0.15
 
 
 def test_render_regions_without_images_is_a_clear_error():
