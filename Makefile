@@ -39,9 +39,10 @@ browser:
 	  if [ "$$SUDO" != none ]; then $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: install Debian's chromium (sudo apt-get install chromium) for the report browser test"; fi; }
 
+# the tiny-profile note is shown by the first command; VISAGENT_QUIET_TINY=1 keeps it to once per demo
 demo: install
 	$(BIN)/visagent ask sample:coffee "How many cups are there?" --profile $(PROFILE)
-	$(BIN)/visagent ask sample:page "What does the page say?" --profile $(PROFILE) --planner script:examples/read_page.yaml
+	VISAGENT_QUIET_TINY=1 $(BIN)/visagent ask sample:page "What does the page say?" --profile $(PROFILE) --planner script:examples/read_page.yaml
 
 test: install browser
 	$(BIN)/python -m pytest -q

@@ -91,7 +91,10 @@ TINY_NOTE = (
 
 
 def tiny_note() -> None:
-    """Say that the tiny profile's answers are meaningless (on stderr)."""
+    """Say that the tiny profile's answers are meaningless (on stderr), unless ``VISAGENT_QUIET_TINY=1``
+    (a script's later commands, e.g. the second command of ``make demo``, after the note was shown once)."""
+    if os.environ.get("VISAGENT_QUIET_TINY", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
     err.print(f"[yellow]note:[/yellow] {TINY_NOTE}")
 
 
