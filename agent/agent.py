@@ -354,11 +354,12 @@ class Agent:
     def load(
         cls,
         config: str | Path | Config | None = None,
-        profile: str | None = "default",
+        profile: str | None = None,
         planner: Planner | str | None = None,
         **overrides: Any,
     ) -> "Agent":
-        """Build an agent from a config file (or Config), a profile and nested overrides."""
+        """Build an agent from a config file (or Config), a profile and nested overrides. With no
+        ``profile``: ``VISAGENT_PROFILE``, else the config file's, else ``default``."""
         if isinstance(config, Config):
             cfg = config
         else:

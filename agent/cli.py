@@ -127,10 +127,10 @@ LocalOpt = Annotated[bool, typer.Option("--local", help="run in this process eve
 def find_remote(server: Optional[str], local: bool, profile: Optional[str], config: Optional[Path], planner: Optional[str], cfg: Any) -> Any:
     """The server that answers this command (see ``visagent.client``), or None to run in-process.
     A profile counts as asked for when ``--profile``, ``--config`` or ``VISAGENT_PROFILE`` names one."""
-    from visagent.client import find_server
+    from visagent.client import find_server, plans_of
 
     asked = cfg.profile if (profile or config is not None or os.environ.get("VISAGENT_PROFILE")) else None
-    return find_server(server, local=local, profile=asked, planner=planner)
+    return find_server(server, local=local, profile=asked, planner=planner, plans=plans_of(planner) or ())
 
 
 @app.command()
@@ -284,6 +284,32 @@ def tools(as_json: Annotated[bool, typer.Option("--json", help="JSON list of {na
         origin = origins.get(name, "builtin")
         out.print(f"{tool.signature()}", style="bold", markup=False, highlight=False)
         out.print(f"    {tool.description}" + ("" if origin == "builtin" else f"\n    from {origin}"), markup=False, highlight=False)
+
+
+@app.command()
+def samples(
+    names: Annotated[Optional[list[str]], typer.Argument(help="sample names (default: all)", show_default=False)] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="write each as NAME.png into this folder")] = None,
+) -> None:
+    """List the bundled sample images (use them as sample:NAME), or save them as PNG files."""
+    from visagent.media import SAMPLES, sample_image
+
+    chosen = list(names or SAMPLES)
+    unknown = [n for n in chosen if n not in SAMPLES]
+    if unknown:
+        fail_usage(f"unknown sample {unknown[0]!r}; available: {', '.join(SAMPLES)}")
+    if save is None:
+        for name in chosen:
+            out.print(f"sample:{name}", markup=False, highlight=False)
+        return
+    try:
+        save.mkdir(parents=True, exist_ok=True)
+        for name in chosen:
+            path = save / f"{name}.png"
+            sample_image(name).save(path, format="PNG")
+            out.print(f"wrote {path}", markup=False, highlight=False)
+    except OSError as exc:
+        raise Exit(EXIT_WRITE, f"cannot write into {save}: {exc.strerror or exc}") from None
 
 
 @app.command()

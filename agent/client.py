@@ -4,11 +4,14 @@ A server keeps its models loaded, so a repeat question costs the run, not the st
 torch, loading checkpoints). The CLI uses one when
 
 - ``--server URL`` or ``VISAGENT_SERVER`` names it (unreachable, or not a visagent server: an error
-  that says so), or
-- one answers on the default local address ``http://127.0.0.1:8000`` (``/healthz`` says
-  ``"service": "visagent"``) and runs what was asked for: the same profile when ``--profile`` /
-  ``--config`` / ``VISAGENT_PROFILE`` name one, the same planner kind when ``--planner`` names one
-  (a ``script:PLAN.yaml`` plan is sent with the request, so any server runs it).
+  that says so), or one answers on the default local address ``http://127.0.0.1:8000``
+  (``/healthz`` says ``"service": "visagent"``),
+- and it runs what was asked for: the same profile when ``--profile`` / ``--config`` /
+  ``VISAGENT_PROFILE`` name one, the same planner kind when ``--planner`` names one (a
+  ``script:PLAN.yaml`` plan is sent with the request, so any server runs it, unless one of its
+  calls names a path of this machine, e.g. ``search``'s ``gallery``: the server reads no client
+  files). Otherwise the command runs in-process, except with ``--server``, where it is an error
+  that says why.
 
 ``--local`` (or ``VISAGENT_LOCAL=1``) always runs in-process. ``VISAGENT_TOKEN`` is sent as the
 bearer token.
@@ -57,6 +60,7 @@ class RemoteServer:
     token: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 600.0
+    _path_fields: dict[str, set[str]] | None = field(default=None, repr=False)
 
     @property
     def profile(self) -> str | None:
@@ -69,14 +73,52 @@ class RemoteServer:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def mismatch(self, profile: str | None = None, planner: str | None = None) -> str | None:
-        """Why this server cannot run what was asked (another profile or planner kind), or None."""
+    def mismatch(self, profile: str | None = None, planner: str | None = None, plans: Sequence[Sequence[dict[str, Any]]] = ()) -> str | None:
+        """Why this server cannot run what was asked (another profile or planner kind, or plans
+        naming files of this machine), or None."""
         if profile is not None and self.profile is not None and profile != self.profile:
             return f"the server at {self.url} runs profile '{self.profile}', not '{profile}'"
         kind = (planner or "").split(":", 1)[0]
         if kind and kind != "script" and self.planner is not None and kind != self.planner:
             return f"the server at {self.url} runs the '{self.planner}' planner, not '{kind}'"
+        paths = self.path_args(plans)
+        if paths:
+            return f"the plan names a path of this machine ({paths[0]}), which the server at {self.url} does not read"
         return None
+
+    def path_args(self, plans: Sequence[Sequence[dict[str, Any]]]) -> list[str]:
+        """``tool.arg=value`` for each plan step argument that names a file or folder (a tool's
+        ``path_field``, e.g. ``search``'s ``gallery``)."""
+        steps = [step for plan in plans for step in plan if step.get("tool") and step.get("args")]
+        if not steps:
+            return []
+        if self._path_fields is None:
+            self._path_fields = {}
+            try:
+                specs = self._get("/v1/tools")
+            except (OSError, ValueError):
+                specs = []
+            for spec in specs if isinstance(specs, list) else []:
+                props = (spec.get("input_schema") or {}).get("properties") or {}
+                self._path_fields[spec.get("name")] = {k for k, v in props.items() if isinstance(v, dict) and v.get("x-visagent-path")}
+        return [
+            f"{step['tool']}.{arg}={step['args'][arg]}"
+            for step in steps
+            for arg in sorted(self._path_fields.get(step["tool"], ()))
+            if step["args"].get(arg) is not None
+        ]
+
+    def _get(self, path: str) -> Any:
+        conn, prefix = _connect(self.url, 30.0)
+        try:
+            conn.request("GET", prefix + path, headers=self._headers())
+            response = conn.getresponse()
+            body = response.read(1 << 24)
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise ValueError(_detail(response.status, body))
+        return json.loads(body)
 
     def stream(
         self,
@@ -139,12 +181,13 @@ def probe(url: str, token: str | None = None, timeout_s: float = PROBE_TIMEOUT_S
 
 def find_server(
     server: str | None = None, *, local: bool = False, profile: str | None = None, planner: str | None = None,
-    environ: Any = None,
+    environ: Any = None, plans: Sequence[Sequence[dict[str, Any]]] = (),
 ) -> RemoteServer | None:  # fmt: skip
     """The server to use for this command, or None to run in-process (see the module docstring).
 
-    ``profile`` / ``planner``: what the user asked for explicitly (None: whatever the server runs).
-    An explicitly named server that cannot be used is a ``UsageError`` naming why.
+    ``profile`` / ``planner``: what the user asked for explicitly (None: whatever the server runs);
+    ``plans``: the scripted plans to send (a plan naming a local path runs here). A server named
+    with ``server`` that cannot be used is a ``UsageError`` naming why.
     """
     env = os.environ if environ is None else environ
     if local or _truthy(env.get("VISAGENT_LOCAL")):
@@ -157,14 +200,15 @@ def find_server(
     info, why = probe(url, token, timeout_s=10.0 if named else PROBE_TIMEOUT_S)
     if info is None:
         if named:
-            raise UsageError(f"no visagent server at {url}: {why} (start one with `visagent serve`, or pass --local)")
+            where = "--server" if server else "VISAGENT_SERVER"
+            raise UsageError(f"no visagent server at {url} ({where}): {why} (start one with `visagent serve`, or pass --local)")
         return None
     remote = RemoteServer(url, token, info)
-    reason = remote.mismatch(profile, planner)
+    reason = remote.mismatch(profile, planner, plans)
     if reason:
-        if named:
+        if server:  # named for this command: say why it cannot be used
             raise UsageError(f"{reason}; pass --local to run in-process")
-        return None
+        return None  # VISAGENT_SERVER or the default address: what it cannot run runs here
     return remote
 
 
@@ -459,6 +503,9 @@ def plan_dicts(steps: Sequence[Any]) -> list[dict[str, Any]]:
     """Plan steps (Actions / Finals) as a plan file writes them: ``{tool, args}`` / ``{final, evidence}``."""
     out: list[dict[str, Any]] = []
     for step in steps:
+        if isinstance(step, dict):  # already written as a plan file writes it
+            out.append(dict(step))
+            continue
         if step.kind == "action":
             item: dict[str, Any] = {"tool": step.tool, "args": step.args}
         else:

@@ -445,10 +445,14 @@ class ScenarioRunner:
             return self._agents[cfg.profile]
 
     def remote(self, scenario: Scenario) -> Any:
-        """The server that runs ``scenario`` (it runs the scenario's profile and planner), or None."""
+        """The server that runs ``scenario`` (it runs the scenario's profile and planner, and its
+        plans name no local paths), or None."""
+        from visagent.client import plan_dicts
+
         if self.server is None:
             return None
-        if self.server.mismatch(self.config(scenario).profile, None if scenario.plan else self.planner):
+        plans = [plan_dicts(p) for p in scenario.plans()]
+        if self.server.mismatch(self.config(scenario).profile, None if scenario.plan else self.planner, plans):
             return None
         return self.server
 

@@ -23,7 +23,11 @@ def _runner() -> Any:
     if _RUNNER is None:
         from visagent.scenarios import ScenarioRunner
 
-        _RUNNER = ScenarioRunner(profile=os.environ.get("VISAGENT_SCENARIO_PROFILE", "tiny"))
+        from visagent.client import find_server
+
+        # a running visagent server (VISAGENT_SERVER, or one on 127.0.0.1:8000) answers the
+        # scenarios whose profile it runs; VISAGENT_LOCAL=1 runs all of them here
+        _RUNNER = ScenarioRunner(profile=os.environ.get("VISAGENT_SCENARIO_PROFILE", "tiny"), server=find_server())
     return _RUNNER
 
 

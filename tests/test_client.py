@@ -145,11 +145,13 @@ def test_a_named_server_that_cannot_be_used_is_a_one_line_error(
     assert code == 2 and err.startswith(f"error: no visagent server at {closed}") and "--local" in err and len(err.splitlines()) == 1
     code, _, err = cli(capsys, "ask", "sample:coffee", "q", "--server", "localhost:8000")
     assert code == 2 and "needs an http(s) URL" in err
-    monkeypatch.setenv("VISAGENT_SERVER", server)
-    code, _, err = cli(capsys, "ask", "sample:coffee", "q", "--profile", "default")
+    code, _, err = cli(capsys, "ask", "sample:coffee", "q", "--profile", "default", "--server", server)
     assert code == 2 and "runs profile 'tiny', not 'default'" in err
-    code, _, err = cli(capsys, "ask", "sample:coffee", "q", "--planner", "openai")
+    code, _, err = cli(capsys, "ask", "sample:coffee", "q", "--planner", "openai", "--server", server)
     assert code == 2 and "runs the 'llava' planner, not 'openai'" in err
+    monkeypatch.setenv("VISAGENT_SERVER", f"http://127.0.0.1:{free_port()}")  # named by the environment: same error
+    code, _, err = cli(capsys, "ask", "sample:coffee", "q")
+    assert code == 2 and "(VISAGENT_SERVER)" in err
 
 
 def test_the_default_address_is_used_only_by_a_visagent_server_that_fits(server: str, remote_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,6 +162,8 @@ def test_the_default_address_is_used_only_by_a_visagent_server_that_fits(server:
     assert client.find_server(profile="default") is None  # another profile: run here
     assert client.find_server(planner="openai") is None
     assert client.find_server(local=True) is None
+    assert client.find_server(profile="default", environ={"VISAGENT_SERVER": server}) is None  # runs here instead
+    assert client.find_server(environ={"VISAGENT_SERVER": server}) is not None
     assert client.find_server(environ={"VISAGENT_LOCAL": "1"}) is None
     with pytest.raises(UsageError, match="runs profile 'tiny'"):
         client.find_server(server, profile="default")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,12 +24,12 @@ class FakeChatServer:
     """``POST /v1/chat/completions`` answering from a script; records every request body.
 
     Each scripted reply is ``{"tool_call": (name, args)}``, ``{"content": text}`` or
-    ``{"status": code, "error": text}``. With ``reject_tools`` any request carrying ``tools``
+    ``{"status": code, "error": text}``; ``replies`` is a list of them, or a function of the request body. With ``reject_tools`` any request carrying ``tools``
     gets HTTP 400 (as servers without tool calling do).
     """
 
-    def __init__(self, replies: list[dict[str, Any]], reject_tools: bool = False) -> None:
-        self.replies = list(replies)
+    def __init__(self, replies: list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]], reject_tools: bool = False) -> None:
+        self.replies = replies if callable(replies) else list(replies)
         self.reject_tools = reject_tools
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -47,7 +47,7 @@ class FakeChatServer:
                     return self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                 if server.reject_tools and "tools" in body:
                     return self._send(400, {"error": {"message": "tools are not supported by this model", "type": "invalid_request_error"}})
-                reply = server.replies.pop(0)
+                reply = server.replies(body) if callable(server.replies) else server.replies.pop(0)
                 if "status" in reply:
                     return self._send(reply["status"], {"error": {"message": reply["error"], "type": "server_error"}})
                 message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
