@@ -232,6 +232,25 @@ class Evidence(BaseModel):
         score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
         return f"{self.id} ({self.tool}, {r.get('image', '')}){label}{score} box [{box}]"
 
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "region" and isinstance(value, dict):  # a mask's RLE runs to kilobytes
+                value = {k: (_Shown(f"<rle {'x'.join(map(str, v.get('size', [])))}>") if k == "rle" and isinstance(v, dict) else v)
+                         for k, v in value.items()}  # fmt: skip
+            elif name == "observation" and isinstance(value, str) and len(value) > 120:
+                value = value[:117] + "..."
+            yield name, value
+
+
+class _Shown(str):
+    """A string shown as itself in a repr (a placeholder for what is left out)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
 
 class Answer(BaseModel):
     """The grounded answer. ``status``: answered, max_steps (no final answer in budget) or failed."""
@@ -246,3 +265,17 @@ class Answer(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "answered"
+
+    def __str__(self) -> str:
+        """One line: ``answered: 'There is 1 cup.' citing det_1_0`` (or the status and error)."""
+        cited = ", ".join(e.id for e in self.evidence) or "nothing"
+        text = f"{self.status}: {self.answer!r} citing {cited}"
+        return text + (f" (error: {self.error})" if self.error else "")
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "evidence":
+                value = _Shown("[" + ", ".join(repr(e.id) for e in self.evidence) + "]")
+            elif name == "trace":
+                value = _Shown(f"<trace {self.trace.meta.run_id or '?'}: {len(self.trace.steps)} steps>")
+            yield name, value

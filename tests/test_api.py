@@ -190,3 +190,22 @@ def test_real_segment_tool_concurrent_asks_load_sam_once(make_agent: Any, shared
     assert len(sams) == 1 and sams[0]["loads"] == 1
     assert sams[0]["uses"] >= 6
     assert threading.active_count() - threads_before < 40
+
+
+def test_answers_and_evidence_print_compactly(make_agent: Any) -> None:
+    """A mask's RLE runs to kilobytes: ``print(answer)`` / ``print(ev)`` and their reprs leave it out."""
+    plan = [{"tool": "segment", "args": {"image": "img_0", "boxes": [[100, 50, 400, 350]]}}, {"final": "one cup", "evidence": ["mask_1_0"]}]
+    answer = make_agent(plan).ask("Segment the cup", ["sample:coffee"])
+    ev = answer.evidence[0]
+    assert len(ev.region["rle"]["counts"]) > 200  # the data is all there
+    assert str(answer) == "answered: 'one cup' citing mask_1_0"
+    assert str(ev) == ev.describe() and str(ev).startswith("mask_1_0 (segment, img_0)")
+    for text in (repr(ev), repr(answer)):
+        assert ev.region["rle"]["counts"] not in text and len(text) < 600, text
+    assert "<rle 400x600>" in repr(ev) and "evidence=['mask_1_0']" in repr(answer) and "steps>" in repr(answer)
+
+
+def test_load_takes_the_profile_from_the_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("VISAGENT_PROFILE", "tiny")
+    assert Agent.load().config.profile == "tiny"
+    assert Agent.load(profile="default").config.profile == "default"
