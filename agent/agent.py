@@ -31,6 +31,7 @@ from visagent.runner import ToolRunner, format_validation_error
 from visagent.safe import clean, strip_controls_in
 from visagent.secrets import redact, scrub
 from visagent.session import Session, session_property
+from visagent.streams import StepStream
 from visagent.tools.base import Tool
 from visagent.trace import TraceWriter
 from visagent.types import (
@@ -80,7 +81,7 @@ def _serializable(reply: PlannerReply) -> PlannerReply:
         return PlannerReply(decision=clean(reply.decision.model_dump()), raw=clean(reply.raw), tokens=reply.tokens)
 
 
-class RunStream:
+class RunStream(StepStream):
     """One run (one turn of ``session``). Iterate for steps; ``answer`` is set when the iteration ends."""
 
     def __init__(
@@ -148,18 +149,7 @@ class RunStream:
         """Warnings for the Answer (the grounding policy adds them)."""
         return self.grounding.warnings
 
-    # -- iteration ---------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Step]:
-        if self._iter is None:
-            self._iter = self._run()
-        return self._iter
-
-    def result(self) -> Answer:
-        for _ in self:
-            pass
-        assert self.answer is not None
-        return self.answer
-
+    # -- iteration (``StepStream``: iterate for the steps, ``result()``) -----------------------
     def _emit(self, step: Any) -> Any:
         if isinstance(step, ErrorStep):  # errors may quote what a planner endpoint or a tool said
             step.message = scrub(step.message)

@@ -36,6 +36,7 @@ from typing import Any
 from visagent.errors import UsageError, VisagentError
 from visagent.media import MediaStore
 from visagent.secrets import scrub
+from visagent.streams import StepStream
 from visagent.types import Answer, MediaInfo, RunMeta, Step
 
 #: where ``visagent serve`` listens by default, and where ``visagent ask`` looks for one
@@ -256,7 +257,7 @@ def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
         yield event, "\n".join(data)
 
 
-class RemoteRun:
+class RemoteRun(StepStream):
     """One run answered by a server; behaves like ``RunStream`` for the CLI: iterate for the
     steps, then ``answer``, ``media`` (the local media, with the frames tools added) and
     ``writer`` (the trace file, or None)."""
@@ -292,16 +293,6 @@ class RemoteRun:
     def media(self) -> MediaStore:
         return self.local.store
 
-    def __iter__(self) -> Iterator[Step]:
-        if self._iter is None:
-            self._iter = self._run()
-        return self._iter
-
-    def result(self) -> Answer:
-        for _ in self:
-            pass
-        assert self.answer is not None
-        return self.answer
 
     def _body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"question": self.question, "media": [_media_item(s) for s in self.sources], "include_trace": True}
