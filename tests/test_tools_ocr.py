@@ -124,3 +124,59 @@ def test_rgba_and_grayscale_images_are_read(tiny_config: Any, shared_pool: Any) 
     ctx = Session(tiny_config, shared_pool, media).open_call()
     out = Ocr().run(OcrInput(image="img_0"), ctx)
     assert "markers" in " ".join(line.text for line in out.lines).lower()
+
+
+def test_words_of_the_page_are_spaced(page_output: tuple[OcrOutput, CallContext]) -> None:
+    out, _ = page_output
+    texts = [line.text for line in out.lines]
+    assert texts[0] == "Region-based segmentation"  # the recognizer alone reads "Region-basedsegmentation"
+    assert "background. These markers are pixels that we can label" in texts
+    assert "histogram of grey values:" in texts
+
+
+def _rendered(lines: list[str], size: int = 32) -> np.ndarray:
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    img = Image.new("RGB", (1500, 90 * len(lines)), "white")
+    draw = ImageDraw.Draw(img)
+    for i, text in enumerate(lines):
+        draw.text((20, 20 + 90 * i), text, fill="black", font=font)
+    return np.asarray(img)
+
+
+def _space_positions(text: str) -> set[int]:
+    """How many non-space characters come before each space."""
+    return {len(text[:i].replace(" ", "")) for i, c in enumerate(text) if c == " "}
+
+
+def test_word_spacing_adds_no_space_inside_words(tiny_config: Any, shared_pool: Any) -> None:
+    from visagent.tools.ocr import load_rapidocr
+
+    lines = ["Typewriter TAVERN Wolf AVATAR 1917", "Invoice number 12345 total 99.50 EUR", "minimum illuminating wavelength"]
+    bundle = load_rapidocr("builtin", "cpu", None, {})
+    checked = 0
+    for size in (20, 32, 48):
+        for _, text, _ in bundle.read(_rendered(lines, size)):
+            truth = next((t for t in lines if t.replace(" ", "") == text.replace(" ", "")), None)
+            if truth is None:  # a letter misread: nothing to compare the spaces with
+                continue
+            assert _space_positions(text) <= _space_positions(truth), (size, text)  # a space only where the text has one
+            checked += 1
+    assert checked >= 6
+
+
+def test_word_spacing_leaves_slanted_lines_alone() -> None:
+    from visagent.tools.ocr import word_spaced
+
+    gray = np.full((40, 260), 255.0)
+    boxes = []
+    for x in (10, 44, 78, 180):  # "abc" close together, then a wide gap before "d"
+        gray[10:30, x : x + 30] = 0
+        boxes.append([[x, 10], [x + 30, 10], [x + 30, 30], [x, 30]])
+    level = [[5, 5], [215, 5], [215, 35], [5, 35]]
+    assert word_spaced(gray, level, "abcd", list("abcd"), boxes) == "abc d"
+    slanted = [[5, 5], [215, 40], [215, 70], [5, 35]]
+    assert word_spaced(gray, slanted, "abcd", list("abcd"), boxes) == "abcd"
+    assert word_spaced(gray, level, "abcd", list("abc"), boxes[:3]) == "abcd"  # characters that do not spell the text
+    assert word_spaced(np.full((40, 260), 255.0), level, "abcd", list("abcd"), boxes) == "abcd"  # no ink: no change
