@@ -98,6 +98,12 @@ class LlavaPlanner:
         import torch
 
         pc = self.config.planner
+        if self.format == "llava_plus":
+            from visagent.planners.llava_plus import followup
+
+            then = followup(list(state.steps), state.tools)
+            if then is not None:  # grounding_dino+sam: its segmentation half, no generation needed
+                return PlannerReply(decision=then, raw="", tokens=0)
         t0 = time.perf_counter()
         with self.models.use(FAMILY) as bundle:
             processor = bundle.processor
@@ -175,7 +181,7 @@ class LlavaPlanner:
             if self.format == "llava_plus":
                 from visagent.planners.llava_plus import parse_llava_plus
 
-                decision = parse_llava_plus(raw, sizes=sizes, image=next(iter(sizes), "img_0"))
+                decision = parse_llava_plus(raw, sizes=sizes, image=next(iter(sizes), "img_0"), tools=state.tools)
             else:
                 decision = parse_json_text(raw)
         except PlannerOutputError as exc:
