@@ -12,22 +12,34 @@ accept any, ``EMPTY`` is sent when unset), ``max_new_tokens``, ``temperature``, 
 
 Images are sent as ``data:image/jpeg;base64`` URLs in ``image_url`` content parts. With tool
 calling (``auto``: tried first), every visagent tool is a function whose parameters are its
-Input schema, plus ``final_answer(answer, evidence)``; the first tool call of the reply is the
-decision. A server that rejects ``tools`` (HTTP 400) is asked again without them — once, then
-for the rest of the planner's life — and its text reply is parsed as a JSON action.
+Input schema, plus ``final_answer(answer, evidence)``. Every tool call of a reply runs, in order,
+each as its own step (the calls after the first are returned on the following steps without a new
+request); the next request carries the assistant message with all its calls and one ``tool``
+message per call id. A server that rejects ``tools`` (HTTP 400) is asked again without them — once,
+then for the rest of the planner's life — and its text reply is parsed: hermes
+``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` blocks or bare ``{"name", "arguments"}``
+objects (vLLM without a tool parser) are tool calls, else it is a JSON action. A 400 refusing
+``max_tokens`` is retried with ``max_completion_tokens`` (remembered). A reply cut off by the token
+limit (``finish_reason: "length"``) ends the run naming the limit; connection and HTTP errors, and
+answers that are not chat completions, end it naming the endpoint's URL (never the API key).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from visagent.errors import PlannerOutputError, RunError, UsageError
 from visagent.planners import register_planner
 from visagent.planners.base import PlannerState
 from visagent.planners.llava import parse_json_text
+from visagent.planners.parsing import text_tool_calls
 from visagent.planners.prompting import (  # noqa: E501
     Message,
     PromptOptions,
@@ -36,6 +48,7 @@ from visagent.planners.prompting import (  # noqa: E501
     fit_messages,
     function_specs,
     image_data_url,
+    native_call_raw,
 )
 from visagent.secrets import register
 from visagent.types import PlannerReply
@@ -55,6 +68,14 @@ def to_openai_messages(messages: list[Message], image: Any) -> list[dict[str, An
                 for p in m["content"]
             ]
             out.append({"role": "user", "content": parts})
+        elif m["role"] == "tool":
+            out.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": "\n".join(p["text"] for p in m["content"])})
+        elif m.get("tool_calls"):
+            calls = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in m["tool_calls"]
+            ]
+            text = "\n".join(p["text"] for p in m["content"] if p["type"] == "text")
+            out.append({"role": "assistant", "content": text or None, "tool_calls": calls})
         else:
             out.append({"role": m["role"], "content": "\n".join(p["text"] for p in m["content"] if p["type"] == "text")})
     return out
@@ -92,66 +113,176 @@ class OpenAIPlanner:
                 max_retries=opts.max_retries,
             )
         self.client = client
+        self.where = _display_url(getattr(client, "base_url", None))
+        self._token_param = "max_tokens"  # "max_completion_tokens" once the endpoint refuses max_tokens
+        self._lock = threading.Lock()
+        #: per run (``id(state.steps)``): the tool calls of the last message not returned yet
+        self._queues: dict[int, tuple[list[Any], collections.deque[Callable[[], PlannerReply]]]] = {}
         self.name = f"openai:{self.model}"
 
     def next(self, state: PlannerState) -> PlannerReply:
-        import openai
-
+        queued = self._take_queued(state)
+        if queued is not None:
+            return queued()
         pc = self.config.planner
         budget = self.context_tokens - pc.max_new_tokens
-        messages, _, _ = fit_messages(state, lambda m: estimate_tokens(m, self.image_tokens), budget, self.options)
+        use_tools = self.tool_calling == "true" or (self.tool_calling == "auto" and not self._tools_rejected)
+        options = dataclasses.replace(self.options, tool_messages=use_tools)
+        messages, _, _ = fit_messages(state, lambda m: estimate_tokens(m, self.image_tokens), budget, options)
         request: dict[str, Any] = {
             "model": self.model,
             "messages": to_openai_messages(messages, state.image),
-            "max_tokens": pc.max_new_tokens,
+            self._token_param: pc.max_new_tokens,
             "temperature": pc.temperature,
             "top_p": pc.top_p,
             "seed": int(pc.seed) + len(state.steps),
         }
-        use_tools = self.tool_calling == "true" or (self.tool_calling == "auto" and not self._tools_rejected)
         if use_tools:
             request["tools"] = function_specs(state.tools)
-        try:
-            resp = self.client.chat.completions.create(**request)
-        except openai.BadRequestError as exc:
-            if not use_tools or self.tool_calling == "true":
-                raise RunError(f"the planner endpoint rejected the request: {_short(exc)}") from None
-            log.info("endpoint rejected tool calling (%s); using JSON actions in text", _short(exc))
-            self._tools_rejected = True
-            request.pop("tools")
-            try:
-                resp = self.client.chat.completions.create(**request)
-            except openai.OpenAIError as exc2:
-                raise RunError(f"the planner endpoint failed: {_short(exc2)}") from None
-        except openai.OpenAIError as exc:
-            raise RunError(f"the planner endpoint failed: {_short(exc)}") from None
-        except ValueError as exc:  # a 200 that is not JSON (e.g. an HTML page)
-            raise RunError(f"the planner endpoint did not answer with a chat completion ({_short(exc)}); check planner.base_url") from None
+        resp = self._complete(request)
+        where = f"the planner endpoint {self.where}"
         choices = getattr(resp, "choices", None)
+        if choices is None and hasattr(resp, "model_dump"):
+            raise RunError(f"{where} answered a chat completion without choices")
         if not isinstance(choices, list):
-            raise RunError(f"the planner endpoint did not answer with a chat completion (got {type(resp).__name__}); check planner.base_url")
+            raise RunError(f"{where} did not answer with a chat completion (got {type(resp).__name__}); check planner.base_url")
         if not choices:
-            raise PlannerOutputError("the planner endpoint returned no choices")
-        msg = getattr(choices[0], "message", None)
+            raise RunError(f"{where} answered a chat completion without choices")
+        choice = choices[0]
+        msg = getattr(choice, "message", None)
         if msg is None:
-            raise PlannerOutputError("the planner endpoint returned a choice without a message")
-        tokens = int(getattr(resp.usage, "completion_tokens", 0) or 0) if resp.usage else 0
-        calls = msg.tool_calls or []
-        if calls:
-            raw = json.dumps(
-                {
-                    "content": msg.content or "",
-                    "tool_calls": [{"name": c.function.name, "arguments": c.function.arguments} for c in calls],
-                },
-                ensure_ascii=False,
+            raise RunError(f"{where} answered a choice without a message")
+        if getattr(choice, "finish_reason", None) == "length":
+            limit = request.get(self._token_param)
+            raise RunError(
+                f"the planner's reply was cut off at {self._token_param}={limit} (finish_reason 'length'); "
+                f"raise planner.max_new_tokens (now {pc.max_new_tokens})"
             )
-            first = calls[0].function
-            decision = decision_from_call(first.name, first.arguments, thought=msg.content or "", raw=raw)
-            return PlannerReply(decision=decision, raw=raw, tokens=tokens)
-        text = msg.content or ""
-        if not text.strip():
-            raise PlannerOutputError("the planner endpoint returned an empty message", raw=text)
-        return PlannerReply(decision=parse_json_text(text), raw=text, tokens=tokens)
+        usage = getattr(resp, "usage", None)
+        tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+        content = msg.content if isinstance(getattr(msg, "content", None), str) else ""
+        native = getattr(msg, "tool_calls", None) or []
+        if native:
+            calls = _native_calls(native)
+            makers = [self._native_reply(content, calls, k, tokens) for k in range(len(calls))]
+        else:
+            if not content.strip():
+                raise PlannerOutputError("the planner endpoint returned an empty message", raw=content)
+            written = text_tool_calls(content)
+            if not written:
+                return PlannerReply(decision=parse_json_text(content), raw=content, tokens=tokens)
+            makers = [self._text_reply(content, written, k, tokens) for k in range(len(written))]
+        if len(makers) > 1:
+            with self._lock:
+                while len(self._queues) >= 32:  # runs that ended before their queue did
+                    self._queues.pop(next(iter(self._queues)))
+                self._queues[id(state.steps)] = (state.steps, collections.deque(makers[1:]))
+        return makers[0]()
+
+    def _take_queued(self, state: PlannerState) -> Callable[[], PlannerReply] | None:
+        """The next call of the last message's tool calls, if this run has any left."""
+        with self._lock:
+            entry = self._queues.get(id(state.steps))
+            if entry is None:
+                return None
+            steps, queue = entry
+            if steps is not state.steps or not queue:
+                del self._queues[id(state.steps)]
+                return None
+            maker = queue.popleft()
+            if not queue:
+                del self._queues[id(state.steps)]
+            return maker
+
+    @staticmethod
+    def _native_reply(content: str, calls: list[dict[str, str]], k: int, tokens: int) -> Callable[[], PlannerReply]:
+        def make() -> PlannerReply:
+            raw = native_call_raw(content, calls, k)
+            decision = decision_from_call(calls[k]["name"], calls[k]["arguments"], thought=content if k == 0 else "", raw=raw)
+            return PlannerReply(decision=decision, raw=raw, tokens=tokens if k == 0 else 0)
+
+        return make
+
+    @staticmethod
+    def _text_reply(content: str, calls: list[tuple[str, Any]], k: int, tokens: int) -> Callable[[], PlannerReply]:
+        def make() -> PlannerReply:
+            name, args = calls[k]
+            raw = content if k == 0 else json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+            decision = decision_from_call(name, args, raw=raw)
+            return PlannerReply(decision=decision, raw=raw, tokens=tokens if k == 0 else 0)
+
+        return make
+
+    def _complete(self, request: dict[str, Any]) -> Any:
+        """One chat completion; a 400 about ``max_tokens`` is retried with ``max_completion_tokens``
+        and one about tools (``tool_calling: auto``) without tools, each remembered."""
+        import openai
+
+        where = f"the planner endpoint {self.where}"
+        for _ in range(3):
+            try:
+                return self.client.chat.completions.create(**request)
+            except openai.BadRequestError as exc:
+                if "max_tokens" in request and _rejects_max_tokens(exc):
+                    log.info("endpoint rejected max_tokens (%s); using max_completion_tokens", _short(exc))
+                    self._token_param = "max_completion_tokens"
+                    request["max_completion_tokens"] = request.pop("max_tokens")
+                    continue
+                if "tools" in request and self.tool_calling == "auto":
+                    log.info("endpoint rejected tool calling (%s); using JSON actions in text", _short(exc))
+                    self._tools_rejected = True
+                    request.pop("tools")
+                    continue
+                raise RunError(f"{where} rejected the request: {_short(exc)}") from None
+            except openai.APIStatusError as exc:
+                raise RunError(f"{where} failed with HTTP {exc.status_code}: {_short(exc)}") from None
+            except openai.OpenAIError as exc:
+                raise RunError(f"{where} failed: {_short(exc)}") from None
+            except ValueError as exc:  # a 200 that is not JSON (e.g. an HTML page)
+                raise RunError(f"{where} did not answer with a chat completion ({_short(exc)}); check planner.base_url") from None
+        raise RunError(f"{where} rejected the request after retries without max_tokens and tools")
+
+
+def _native_calls(tool_calls: list[Any]) -> list[dict[str, str]]:
+    """``[{id, name, arguments}]`` of a message's tool calls (arguments as JSON text; ids made up
+    where a server gives none, or the same one twice)."""
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for k, c in enumerate(tool_calls):
+        fn = getattr(c, "function", None)
+        name = getattr(fn, "name", None) or ""
+        args = getattr(fn, "arguments", None)
+        if not isinstance(args, str):
+            args = json.dumps(args if args is not None else {}, ensure_ascii=False, default=str)
+        call_id = getattr(c, "id", None)
+        if not isinstance(call_id, str) or not call_id or call_id in seen:
+            call_id = f"call_{k}_{len(seen)}"
+        seen.add(call_id)
+        out.append({"id": call_id, "name": str(name), "arguments": args})
+    return out
+
+
+def _rejects_max_tokens(exc: Exception) -> bool:
+    """A 400 saying ``max_tokens`` is not supported (OpenAI's newer models want ``max_completion_tokens``)."""
+    if getattr(exc, "param", None) == "max_tokens":
+        return True
+    text = str(exc).lower()
+    return "max_tokens" in text and ("max_completion_tokens" in text or "unsupported" in text or "not supported" in text)
+
+
+def _display_url(url: Any) -> str:
+    """``url`` without credentials, query or trailing slash (for messages)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    text = str(url or "")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "(unparseable URL)"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", "")) or "(no URL)"
 
 
 def _api_key(env: str) -> str:

@@ -4,15 +4,21 @@ JSON format (what the prompts ask for): one object, either
 ``{"thought": "...", "tool": "detect", "args": {...}}`` or
 ``{"thought": "...", "final": "the answer", "evidence": ["det_1_0"]}``. Code fences and text around
 the object are tolerated; ``{"action": NAME, "action_input": {...}}`` is accepted too.
+
+Tool calls written as text (``text_tool_calls``): what a chat server without a tool-call parser
+returns in ``content`` — hermes blocks ``<tool_call>{"name": NAME, "arguments": {...}}</tool_call>``
+(one or several), or bare ``{"name": NAME, "arguments": {...}}`` objects (``parameters`` accepted
+for ``arguments``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from visagent.errors import PlannerOutputError
-from visagent.safe import BoundsError, find_json_object, load_json
+from visagent.safe import MAX_STARTS, MAX_TEXT_CHARS, BoundsError, check_shape, clean, find_json_object, load_json
 from visagent.types import Action, Final
 
 _FORMATS: dict[str, Callable[[str], Action | Final]] = {}
@@ -76,3 +82,49 @@ def decision_from_dict(obj: dict[str, Any], raw: str = "") -> Action | Final:
 @register_format("json")
 def _parse_json(text: str) -> Action | Final:
     return decision_from_dict(extract_json_object(text), raw=text)
+
+
+def text_tool_calls(text: str) -> list[tuple[str, Any]]:
+    """The tool calls written in ``text`` as ``[(name, arguments)]``, in order (arguments: a dict or
+    JSON text); ``[]`` when there are none. ``<tool_call>`` blocks win over bare objects."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise PlannerOutputError(f"planner output is longer than {MAX_TEXT_CHARS} characters", raw=text[:2000])
+    tagged = "<tool_call>" in text
+    starts: list[int] = []
+    if tagged:
+        pos = text.find("<tool_call>")
+        while pos != -1 and len(starts) < MAX_STARTS:
+            brace = text.find("{", pos)
+            if brace == -1:
+                break
+            starts.append(brace)
+            pos = text.find("<tool_call>", brace)
+    decoder = json.JSONDecoder(strict=False)
+    calls: list[tuple[str, Any]] = []
+    pos, tries = (starts.pop(0) if starts else -1) if tagged else text.find("{"), 0
+    while pos != -1 and tries < MAX_STARTS:
+        tries += 1
+        nxt = pos + 1
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            raise PlannerOutputError("planner output is nested too deeply", raw=text[:2000]) from None
+        except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
+            if tagged:
+                detail = str(exc).splitlines()[0]
+                raise PlannerOutputError(f"a <tool_call> block is not valid JSON ({detail})", raw=text) from None
+        else:
+            nxt = end
+            if isinstance(obj, dict):
+                try:
+                    check_shape(obj, "a tool call")
+                except BoundsError as exc:
+                    raise PlannerOutputError(str(exc), raw=text[:2000]) from None
+                name = obj.get("name")
+                args = obj.get("arguments", obj.get("parameters"))
+                if isinstance(name, str) and name and ("arguments" in obj or "parameters" in obj):
+                    calls.append((name, clean(args if args is not None else {})))
+                elif tagged:
+                    raise PlannerOutputError('a <tool_call> block must be {"name": NAME, "arguments": {...}}', raw=text)
+        pos = (starts.pop(0) if starts else -1) if tagged else text.find("{", nxt)
+    return calls

@@ -10,7 +10,10 @@ Order: the system prompt (tool specs rendered from each tool's Input JSON schema
 format, worked examples), one user message with the images and the question (and earlier turns of
 a conversation), then per step: the planner's action as compact JSON (assistant) and the
 observation ``obs_N (tool): text`` or ``error: text`` (user). Consecutive messages of one role are
-merged (some chat templates require alternating roles).
+merged (some chat templates require alternating roles). With ``PromptOptions.tool_messages`` (chat
+APIs with native tool calls), an assistant message's tool calls are sent back as they came
+(``{"role": "assistant", "content": [...], "tool_calls": [{"id", "name", "arguments"}]}``) and
+each result as ``{"role": "tool", "tool_call_id": id, "content": [...]}``, one per call id.
 
 Context budget (``fit_messages``): when the prompt is longer than the budget, older observations
 are shortened step by step — level 1 clips observations older than the last ``keep_recent`` tool
@@ -145,6 +148,9 @@ class PromptOptions:
     max_images: int = 4
     keep_recent: int = 2
     clip_chars: int = 120
+    #: native tool messages: a planner step whose ``raw`` records a tool call (``native_call_raw``)
+    #: becomes an assistant message with ``tool_calls``, and its result a ``tool`` message
+    tool_messages: bool = False
 
 
 def shown_images(state: PlannerState, max_images: int) -> list[str]:
@@ -213,22 +219,80 @@ def build_messages(state: PlannerState, options: PromptOptions | None = None, le
     ]
     tool_steps = [s for s in state.steps if isinstance(s, ToolStep)]
     recent_calls = {s.call for s in tool_steps[-options.keep_recent :]} if options.keep_recent else set()
+    pending: list[str] = []  # ids of native tool calls announced and not answered yet
+    current: str | None = None  # the call whose result comes next
     for step in state.steps:
+        # a native tool call: its planner step, or the error of a call whose arguments were unusable
+        raw = step.raw if isinstance(step, PlannerStep) else (step.args or {}).get("raw") if isinstance(step, ErrorStep) else None
+        call = _native_call(raw) if options.tool_messages and isinstance(raw, str) else None
+        if isinstance(step, ErrorStep) and step.source != "planner":
+            call = None
+        if call is not None:
+            if call["id"] not in pending:
+                _flush(messages, pending)
+                announced = call.get("all") or [call]
+                text_part = {"type": "text", "text": call.get("content", "")}
+                messages.append({"role": "assistant", "content": [text_part], "tool_calls": announced})
+                pending.extend(c["id"] for c in announced)
+            pending.remove(call["id"])
+            current = call["id"]
         if isinstance(step, PlannerStep):
-            _append(messages, "assistant", action_json(step.action))
-        elif isinstance(step, ToolStep):
-            _append(messages, "user", _observation(step, level, step.call in recent_calls, options))
+            if call is None:
+                _flush(messages, pending)
+                current = None
+                _append(messages, "assistant", action_json(step.action))
+            continue
+        if isinstance(step, ToolStep):
+            text = _observation(step, level, step.call in recent_calls, options)
         elif isinstance(step, ErrorStep):
             text = step.message
             if level >= 2 and len(text) > options.clip_chars:
                 text = text[: options.clip_chars].rstrip() + " …"
-            _append(messages, "user", render("observation.j2", kind="error", call=0, tool=step.tool or "", text=text))
+            text = render("observation.j2", kind="error", call=0, tool=step.tool or "", text=text)
+        else:
+            continue
+        if current is not None:
+            messages.append({"role": "tool", "tool_call_id": current, "content": [{"type": "text", "text": text}]})
+            current = None
+        else:
+            _append(messages, "user", text)
+    _flush(messages, pending)
     return messages
+
+
+def native_call_raw(content: str, calls: list[dict[str, Any]], index: int) -> str:
+    """The ``raw`` of a planner step that is call ``index`` of an assistant message's native tool
+    calls (``calls``: ``[{id, name, arguments}]``, arguments as JSON text); the first step of the
+    message records all of them and the message's text."""
+    if index == 0:
+        return json.dumps({"content": content, "tool_calls": calls, "tool_call_id": calls[0]["id"]}, ensure_ascii=False)
+    return json.dumps({"tool_calls": [calls[index]], "tool_call_id": calls[index]["id"], "queued": True}, ensure_ascii=False)
+
+
+def _native_call(raw: str) -> dict[str, Any] | None:
+    """``{id, name, arguments, content, all}`` from a ``native_call_raw`` text, else None."""
+    if not raw.startswith("{") or '"tool_call_id"' not in raw:
+        return None
+    try:
+        obj = json.loads(raw)
+        calls = [{"id": str(c["id"]), "name": str(c["name"]), "arguments": str(c["arguments"])} for c in obj["tool_calls"]]
+        own = next(c for c in calls if c["id"] == obj["tool_call_id"])
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return None
+    return {**own, "content": str(obj.get("content") or ""), "all": None if obj.get("queued") else calls}
+
+
+def _flush(messages: list[Message], pending: list[str]) -> None:
+    """Answer announced calls that never ran (every tool call id needs a ``tool`` message)."""
+    for call_id in pending:
+        text = render("observation.j2", kind="error", call=0, tool="", text="this call was not run")
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": [{"type": "text", "text": text}]})
+    pending.clear()
 
 
 def _append(messages: list[Message], role: str, text: str) -> None:
     last = messages[-1]
-    if last["role"] == role:
+    if last["role"] == role and role != "tool" and "tool_calls" not in last:
         parts = last["content"]
         if parts and parts[-1]["type"] == "text":
             parts[-1] = {"type": "text", "text": parts[-1]["text"] + "\n" + text}
@@ -352,4 +416,6 @@ def estimate_tokens(messages: Sequence[Message], image_tokens: int = 600) -> int
     for m in messages:
         for p in m["content"]:
             n += image_tokens if p["type"] == "image" else len(p["text"]) // 4 + 1
+        for c in m.get("tool_calls") or ():
+            n += (len(c["name"]) + len(c["arguments"])) // 4 + 8
     return n
