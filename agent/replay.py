@@ -96,8 +96,9 @@ def reload_media(
         if not fileless and not source.startswith("sample:") and not Path(source).expanduser().is_absolute():
             found, tried = _find_relative(source, folders)
             source = str(found) if found is not None else source
-        if info.saved_copy and (fileless or not Path(source).expanduser().exists()):
-            copy = ((trace_dir or Path.cwd()) / info.saved_copy).resolve()
+        copy = ((trace_dir or Path.cwd()) / info.saved_copy).resolve() if info.saved_copy else None
+        # the trace's own copy first: the original may be a temporary file (a server's upload) about to go
+        if copy is not None and (fileless or copy.is_file() or not Path(source).expanduser().exists()):
             if media_dir is not None and not copy.is_relative_to(media_dir.resolve()):
                 raise UsageError(f"cannot re-load {info.id}: its copy {info.saved_copy} lies outside the trace's media folder {media_dir}")
             if not copy.is_file():

@@ -613,7 +613,9 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
         for code, text in (
             (400, "bad input (one-line reason)"),
             (401, "missing or wrong bearer token"),
-            (403, "server-side path outside the allowed roots"),
+            (403, "server-side path outside the allowed roots, or plans refused (server.allow_plans)"),
+            (404, "unknown or expired session"),
+            (409, "the session is answering another question"),
             (413, "request body or image over the limits"),
             (415, "unsupported content type"),
             (422, "invalid request body"),
@@ -767,7 +769,12 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             **srv.sessions.stats(),
         }
 
-    @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(auth)], responses=errors, summary="Close a kept session")
+    @app.delete(
+        "/v1/sessions/{session_id}",
+        dependencies=[Depends(auth)],
+        responses=errors,
+        summary="Close a kept session",
+    )
     async def close_session(session_id: str) -> dict[str, Any]:
         if not srv.sessions.close(session_id):
             raise Problem(404, "unknown or expired session")

@@ -303,9 +303,10 @@ def test_stream_server_sent_events(server: str) -> None:
             seen.append(chunk)
     events = parse_sse(text)
     kinds = [e for e, _ in events]
-    assert kinds == ["step", "step", "step", "step", "answer"]
-    assert [d["type"] for _, d in events[:4]] == ["planner", "tool", "planner", "final"]
-    assert events[1][1]["tool"] == "segment"
+    assert kinds == ["meta", "step", "step", "step", "step", "answer"]
+    assert events[0][1]["question"] == "stream it" and events[0][1]["run_id"]  # the trace's first line
+    assert [d["type"] for _, d in events[1:5]] == ["planner", "tool", "planner", "final"]
+    assert events[2][1]["tool"] == "segment"
     answer = events[-1][1]
     assert answer["status"] == "answered" and answer["evidence"][0]["id"] == "mask_1_0"
     assert answer["trace"]["meta"]["question"] == "stream it"
@@ -412,6 +413,8 @@ def test_schemathesis(server: str) -> None:
 
         check()
         ran += 1
-    assert ran == 6
-    assert {p for p, _ in statuses} == {"/v1/ask", "/v1/ask/stream", "/v1/chat/completions", "/v1/tools", "/v1/models", "/healthz"}
+    assert ran == 7
+    assert {p for p, _ in statuses} == {
+        "/v1/ask", "/v1/ask/stream", "/v1/chat/completions", "/v1/tools", "/v1/models", "/healthz", "/v1/sessions/{session_id}",
+    }  # fmt: skip
     assert len(statuses) >= 15
