@@ -124,3 +124,28 @@ def test_video_poster_is_the_middle_frame(tmp_path):
     path = write_video(tmp_path / "v.mp4", [i * 0.1 for i in range(20)])
     assert frame_index(video_poster(path)) == 10
     assert frame_index(video_poster(path, at=0.0)) == 0
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_docs_report_png_comes_from_shipped_tools():
+    """The README's picture is read back with the OCR tool: a real run, not the fakes of these tests."""
+    import importlib.util
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from visagent.registry import load_builtin_tools
+    from visagent.tools.ocr import load_rapidocr
+
+    spec = importlib.util.spec_from_file_location("make_report_png", REPO / "docs" / "make_report_png.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tools = [step["tool"] for step in yaml.safe_load(script.PLAN) if "tool" in step]
+    assert tools and set(tools) <= set(load_builtin_tools())
+    shot = np.asarray(Image.open(REPO / "docs" / "report.png").convert("RGB"))
+    text = " ".join(t for _, t, _ in load_rapidocr("builtin", "cpu", None, {}).read(shot))
+    assert "fake" not in text and "profile tiny" in text
+    assert all(tool in text for tool in tools)
