@@ -151,6 +151,8 @@ def test_page_in_headless_chromium(page_url: str, media: Path, tmp_path: Path) -
             ask = page.locator("#ask textarea")
             expect(ask).to_be_visible(timeout=wait)
             expect(page.locator("#tiny-note")).to_contain_text("profile 'tiny'")
+            page.locator("#settings").get_by_text("Settings").click()
+            expect(page.locator("#max-steps input[type=number]")).to_have_value("8")
 
             # turn 1: upload an image and a video at once and ask; each step shows up, then the answer
             # and the media with the evidence drawn
@@ -216,10 +218,8 @@ def test_page_in_headless_chromium(page_url: str, media: Path, tmp_path: Path) -
             page.screenshot(path=str(tmp_path / "ui-bad-file.png"))
 
             # settings: max steps applies to the next question; a new profile starts a new session
-            page.locator("#settings").get_by_text("Settings").click()
-            steps = page.locator("#max-steps input[type=number]")
-            steps.fill("1")
-            steps.press("Tab")
+            page.locator("#max-steps input[type=range]").press("Home")  # the slider's lowest value
+            expect(page.locator("#max-steps input[type=number]")).to_have_value("1")  # the page holds the new value
             ask.fill("Count the cups again")
             ask.press("Enter")
             expect(chat).to_contain_text("no answer (max_steps): no final answer within 1 steps", timeout=wait)
