@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from visagent.secrets import install_log_filter, scrub
@@ -171,7 +172,7 @@ def ask(
         run = start(question, media, trace_path=trace, max_steps=max_steps, progress=activity.progress)
         for step in run:
             if verbose:
-                err.print(describe_step(step))
+                err.print(describe_step(step), markup=False, highlight=False)
             activity.follow(step)
     answer = run.answer
     assert answer is not None
@@ -190,7 +191,7 @@ def ask(
         err.print(f"error: {scrub(problem)}", markup=False, highlight=False)
     if not answer.ok:
         if not as_json:
-            err.print(f"[red]no answer:[/red] {answer.error}")
+            err.print(f"[red]no answer:[/red] {escape(answer.error or '')}")
         raise Exit(1)
     if problems:
         raise Exit(EXIT_WRITE)
@@ -256,9 +257,9 @@ def _write_report(answer: Any, media: Any, path: Path) -> None:
 
 def _print_answer(answer: Any) -> None:
     if answer.ok:
-        out.print(f"[bold]{answer.answer}[/bold]")
+        out.print(f"[bold]{escape(answer.answer)}[/bold]", highlight=False)  # model text: brackets are text, not markup
     for warning in answer.warnings:
-        out.print(f"[yellow]warning:[/yellow] {warning}")
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     if answer.evidence:
         out.print("evidence:")
         for ev in answer.evidence:

@@ -69,3 +69,13 @@ def test_video_qa_answer_on_the_terminal_has_no_control_characters(tmp_path, mon
     assert "a square moves" in captured.err  # the -v step lines
     assert _no_controls(captured.out) and _no_controls(captured.err)
     assert "a square" in captured.out
+
+
+@pytest.mark.parametrize("final", ["use [red] here [/x] and [bold]x[/bold]", "[/]"])
+def test_answer_brackets_are_printed_as_text(tmp_path, capsys, final):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump([{"final": final}]))
+    code = main(["ask", "sample:coins", "q", "--profile", "tiny", "--planner", f"script:{plan}", "--local", "-v"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert final in captured.out.splitlines()
