@@ -433,8 +433,7 @@ class RemoteConversation:
         self.server = server
         self.max_steps = max_steps
         self.local = _Mirror(limits)
-        self.pending = list(sources)
-        self.local.add(sources)  # checked now, sent with the first question
+        self.pending = self.local.add(sources)  # checked now, sent with the first question
         self.session: str | None = None
         self.turns: list[Answer] = []
         self.regions: dict[str, str] = {}
@@ -444,8 +443,8 @@ class RemoteConversation:
         return self.local.store
 
     def add_media(self, source: str) -> str:
-        self.local.add([source])
-        self.pending.append(source)
+        """Check ``source`` and send it with the next question; returns its id."""
+        self.pending += self.local.add([source])
         return self.local._ids[source]
 
     def stream(
