@@ -32,12 +32,12 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# headless Chromium for the HTML report test (Debian package; needs root or passwordless sudo)
+# headless Chromium for the browser tests: HTML report, web page (Debian package; needs root or passwordless sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
 	  if [ "$$SUDO" != none ]; then $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: install Debian's chromium (sudo apt-get install chromium) for the report browser test"; fi; }
+	  else echo "note: install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 
 # the tiny-profile note is shown by the first command; VISAGENT_QUIET_TINY=1 keeps it to once per demo
 demo: install

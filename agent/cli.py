@@ -360,6 +360,7 @@ def doctor(profile: ProfileOpt = None, config: ConfigOpt = None) -> None:
     for mod, extra in (
         ("transformers", "core"), ("segment_anything", "sam"), ("groundingdino", "gdino"), ("av", "video"),
         ("rapidocr_onnxruntime", "ocr"), ("fastapi", "server"), ("langchain", "langchain"), ("supervision", "render"),
+        ("gradio", "ui"),
     ):  # fmt: skip
         ok = find_spec(mod) is not None
         out.print(f"  {mod:22s} {'ok' if ok else '[yellow]missing[/yellow] (pip install visagent[' + extra + '])'}")
