@@ -322,3 +322,35 @@ def test_plan_file_with_one_plan_per_turn(tmp_path: Path, make_agent: Any) -> No
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump([plans[0], [{"tool": "echo"}, {"oops": 1}]]))
     with pytest.raises(UsageError, match=r"bad.yaml: plan of turn 2: step 2 has unknown keys: oops"):
         ScriptedPlanner(tmp_path / "bad.yaml")
+
+
+def test_page_turns_keep_the_server_limits(tiny_config: Any, shared_pool: Any) -> None:
+    """A turn past ``timeout_s`` is stopped at its next step; no media, a long question or an
+    unknown planner are one-line errors before anything runs."""
+    from tests.fakes import FAKE_TOOLS
+    from visagent.agent import Agent
+    from visagent.planners import ScriptedPlanner
+    from visagent.server import load_settings
+    from visagent.ui import Page
+
+    plan = [{"tool": "echo", "args": {"text": "a", "sleep": 0.05}}, {"tool": "echo", "args": {"text": "b"}}, {"final": "x", "evidence": ["obs_1"]}]
+    agent = Agent(tiny_config, planner=ScriptedPlanner(plan), tools=FAKE_TOOLS, pool=shared_pool)
+    page = Page(agent, load_settings(None, environ={}, timeout_s=0.01, max_question_chars=20))
+    visit = page.visit()
+    try:
+        with pytest.raises(UsageError, match="^add an image or video first"):
+            page.start(visit, "what?")
+        assert page.add_media(visit, samples=["coins"]) == (["sample:coins = img_0"], [])
+        with pytest.raises(UsageError, match=r"^the question is 21 characters long, over the limit of 20 \(server.max_question_chars\)$"):
+            page.start(visit, "x" * 21)
+        with pytest.raises(UsageError, match="^unknown planner 'script:/etc/passwd'"):
+            page.start(visit, "what?", planner="script:/etc/passwd")
+        run = page.start(visit, "what?")
+        seen = []
+        with pytest.raises(UsageError, match=r"^the run took longer than 0.01 s \(server.timeout_s\); it was stopped$"):
+            for step in page.follow(run):
+                seen.append(step.type)
+        # stopped by the first step to end past the deadline: at the latest the first tool call's (it sleeps past it)
+        assert seen in (["planner"], ["planner", "tool"]) and run.answer is not None and not run.answer.ok
+    finally:
+        visit.close()
