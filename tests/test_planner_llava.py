@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 import pytest
@@ -271,3 +272,61 @@ def test_sampled_runs_replay_from_the_recorded_seed(tiny_config: Any, shared_poo
     assert raws == again and raws != other
     last = [s for s in answer.trace.steps if isinstance(s, PlannerStep)][-1]
     assert planner.last_timings["seed"] == answer.trace.meta.seed + last.index == 11 + last.index
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny:llava", "tiny:llava-next", "tiny:llava-onevision"])
+def test_every_tiny_planner_finishes_its_actions_at_the_default_budget(checkpoint: str, tiny_config: Any, shared_pool: Any) -> None:
+    models = dict(tiny_config.models)
+    models["planner"] = models["planner"].model_copy(update={"checkpoint": checkpoint})
+    cfg = tiny_config.model_copy(update={"models": models})
+    assert cfg.planner.max_new_tokens == 256  # the default budget
+    answer = Agent(cfg, planner=make_planner("llava", cfg, pool=shared_pool), pool=shared_pool).ask(
+        "How many cups are there?", ["sample:coffee"], max_steps=3
+    )
+    errors = [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source in ("planner", "args")]
+    assert not errors, [e.message for e in errors]
+    planner_steps = [s for s in answer.trace.steps if isinstance(s, PlannerStep)]
+    assert planner_steps and all(0 < s.tokens < cfg.planner.max_new_tokens for s in planner_steps)
+    assert answer.status in ("answered", "max_steps")
+
+
+def test_action_schema_fits_the_token_budget_and_the_media() -> None:
+    from visagent.planners.constrain import max_chars
+    from visagent.registry import load_builtin_tools
+
+    tools = load_builtin_tools()
+    full = action_schema(tools, known_ids=["obs_1"], media={"image": ["img_0"], "video": []})
+    fitted = action_schema(tools, known_ids=["obs_1"], media={"image": ["img_0"], "video": []}, max_bytes=255)
+    assert max_chars(full) > 255 >= max(max_chars(o) for o in fitted["anyOf"])
+    names = {o["properties"]["tool"]["const"] for o in fitted["anyOf"] if "tool" in o["properties"]}
+    assert "detect" in names and "video_frames" not in names  # no video: video tools are not on offer
+    video_only = action_schema(tools, media={"image": [], "video": ["vid_0"]}, max_bytes=255)
+    offered = {o["properties"]["tool"]["const"]: o for o in video_only["anyOf"] if "tool" in o["properties"]}
+    assert "video_frames" in offered and "detect" not in offered and "segment" not in offered
+    assert offered["video_frames"]["properties"]["args"]["properties"]["video"] == {"enum": ["vid_0"]}
+    if "search" in offered:  # its optional image-id list is left out until an image exists
+        assert "images" not in offered["search"]["properties"]["args"]["properties"]
+
+
+def test_video_only_run_uses_only_existing_image_ids(tiny_config: Any, shared_pool: Any) -> None:
+    from pathlib import Path
+
+    video = str(Path(__file__).resolve().parents[1] / "scenarios" / "media" / "moving_square.mp4")
+    cfg = _config(tiny_config, temperature=1.0, seed=1)
+    answer = Agent(cfg, planner=make_planner("llava", cfg, pool=shared_pool), pool=shared_pool).ask(
+        "What moves in this video?", [video], max_steps=4
+    )
+    existing = {"vid_0"}
+    actions = 0
+    for step in answer.trace.steps:
+        if isinstance(step, PlannerStep) and isinstance(step.action, Action):
+            actions += 1
+            args = step.action.args
+            for key in ("image", "video"):
+                if key in args:
+                    assert args[key] in existing, (key, args[key], sorted(existing))
+            for i in args.get("images") or []:
+                assert i in existing
+        elif isinstance(step, ToolStep):
+            existing |= set(re.findall(r"\bimg_\d+\b", step.observation + json.dumps(step.output)))
+    assert actions and not [s for s in answer.trace.steps if isinstance(s, ErrorStep) and s.source in ("planner", "args")]

@@ -167,6 +167,7 @@ class LlavaPlanner:
                         "video": [m.id for m in state.media if m.kind == "video"],
                     },
                     limits=self.limits,
+                    max_bytes=pc.max_new_tokens - 1,  # every action ends within the budget (and its stop token)
                 )
                 gen["logits_processor"] = [grammar_cache(bundle).logits_processor(schema)]
             torch.manual_seed(step_seed)
