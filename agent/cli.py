@@ -421,7 +421,8 @@ def _doctor_models(cfg: Any) -> list[tuple[str, str, bool, str]]:
             advice = f"ships with the {mc.backend} package, which is missing: pip install 'visagent[{family}]'"
         elif _is_hub_id(checkpoint):
             advice = (
-                f"is not in the Hugging Face cache: run `hf download {checkpoint}` where the Hub is reachable, "
+                f"is not in the Hugging Face cache: run `hf download {checkpoint}` where the Hub is reachable "
+                "(on another machine: then copy its ~/.cache/huggingface here), "
                 f"or set models.{family}.checkpoint in your config to a local folder holding it"
             )
         elif not ok:
@@ -440,11 +441,16 @@ def _hub_offline_words(cached: bool) -> str:
             f"HF_HUB_OFFLINE={value}: offline. Only checkpoints already in the Hugging Face cache (or local folders) "
             "are used; nothing is downloaded, and a missing one is an error naming it."
         )
+    from visagent.checkpoints import hub_endpoint, hub_reachable
+
     shown = "is not set" if value is None else f"={value!r} (not 1: online)"
     text = (
         f"HF_HUB_OFFLINE {shown}: the Hugging Face Hub will be contacted when a model loads, and checkpoints "
-        "missing from the cache are downloaded; where the Hub cannot be reached, loading waits and retries before it fails."
+        "missing from the cache are downloaded; where the Hub cannot be reached (one quick check), a missing one "
+        "fails at once with an error naming it."
     )
+    if not cached and not hub_reachable():
+        text += f"\n  the Hub ({hub_endpoint()}) cannot be reached from here: only cached or local checkpoints will load"
     if cached:
         text += "\n  every Hub checkpoint configured is cached: `export HF_HUB_OFFLINE=1` to load them without contacting the Hub"
     return text

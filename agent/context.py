@@ -62,6 +62,8 @@ class Models:
         from visagent.registry import load_model_modules
         from visagent.tools.models import loader_for
 
+        if not self.config.model(family).checkpoint.startswith("tiny:"):
+            self.resolve(family)  # a checkpoint that cannot be had fails here, before the libraries load
         load_model_modules()
         key, backend, _ = self.key(family)
         loader = loader_for(family, backend)

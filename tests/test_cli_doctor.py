@@ -29,11 +29,18 @@ def test_doctor_explains_an_unset_hub_offline_and_advises_it_when_all_is_cached(
     assert main(["doctor", "--profile", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "HF_HUB_OFFLINE is not set: the Hugging Face Hub will be contacted" in out
-    assert "waits and retries" in out and "`export HF_HUB_OFFLINE=1`" in out
+    assert "a missing one fails at once with an error naming it" in out and "`export HF_HUB_OFFLINE=1`" in out
 
 
 def test_doctor_exits_1_with_advice_when_no_model_is_usable(tmp_path, monkeypatch, capsys):
+    import socket
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as s:  # the Hub on a closed local port: nothing leaves this machine
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     models = {f: {"checkpoint": f"visagent-absent/{f}-model"} for f in FAMILIES}
     models["ocr"] = {"checkpoint": str(tmp_path / "no-ocr-here"), "backend": "rapidocr"}
     assert main(["doctor", "--config", _config(tmp_path, **models)]) == 1
@@ -43,6 +50,7 @@ def test_doctor_exits_1_with_advice_when_no_model_is_usable(tmp_path, monkeypatc
     assert "ocr: " in out and "is no file or folder here" in out
     assert "--profile tiny" in out
     assert "export HF_HUB_OFFLINE=1" not in out  # nothing cached to use offline
+    assert f"the Hub ({endpoint}) cannot be reached from here" in out and "copy its ~/.cache/huggingface here" in out
     assert out.rstrip().splitlines()[-1].startswith("not ready: 0 of 8 models usable")
 
 

@@ -24,6 +24,9 @@ def serve(
     ui: Annotated[bool, typer.Option("--ui", help="also serve the web page at /ui (the ui extra; or config server.ui: true)")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "warning",
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background (stop it with `visagent stop`)")] = False,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="start even when configured checkpoints cannot be had (their requests fail)")
+    ] = False,
 ) -> None:
     """Serve the agent over HTTP: POST /v1/ask, /v1/ask/stream; GET /v1/tools, /v1/models, /healthz."""
     from visagent.cli import TINY_NOTE, _load_config, err
@@ -38,6 +41,7 @@ def serve(
         args = [item for flag, value in given.items() if value is not None for item in (flag, str(value))]
         args += [item for root in allow_root or [] for item in ("--allow-root", root)]
         args += ["--ui"] if ui else []
+        args += ["--allow-missing"] if allow_missing else []
         from visagent.daemon import start_detached
 
         start_detached(args, _load_config(config, profile), token=token, host=host, port=port)
@@ -69,11 +73,50 @@ def serve(
         err.print(f"note: {TINY_NOTE}", markup=False)
     agent = Agent(cfg, planner=planner)
     _ = agent.planner  # an unknown planner or a bad plan file fails here, before listening
+    missing = missing_checkpoints(cfg, uses_planner_model=str(getattr(agent.planner, "name", "")).startswith("llava"))
+    if missing:
+        from visagent.checkpoints import hub_why
+
+        paths = [reason for _, _, reason in missing if reason.startswith("checkpoint for ")]
+        hub = [f"{family} ({checkpoint})" for family, checkpoint, reason in missing if not reason.startswith("checkpoint for ")]
+        parts = paths + (
+            [
+                f"{', '.join(hub)} {hub_why().replace('is not', 'are not' if len(hub) > 1 else 'is not')}: get each with "
+                "`hf download ID` on a machine with access and copy its ~/.cache/huggingface here, "
+                "or set models.<family>.checkpoint to a local folder holding it"
+            ]
+            if hub
+            else []
+        )
+        listed = "; ".join(parts)
+        if not allow_missing:
+            from visagent.errors import ModelUnavailableError
+
+            raise ModelUnavailableError(
+                f"not serving: {listed}; or try the pipeline with --profile tiny, or pass --allow-missing to serve anyway "
+                "(requests needing them fail)"
+            )
+        err.print(f"warning: serving without these checkpoints (--allow-missing): {listed}", markup=False, highlight=False)
     auth = "bearer token required" if settings.token else "no auth (loopback only)"
     page = "; web page at /ui" + (" (open it once as /ui?token=TOKEN)" if settings.token else "") if settings.ui else ""
     err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs{page}", markup=False)
     logging.getLogger("visagent").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
     run_server(agent, settings, log_level=log_level)
+
+
+def missing_checkpoints(cfg: object, uses_planner_model: bool = True) -> list[tuple[str, str, str]]:
+    """``(family, checkpoint, reason)`` per configured checkpoint that cannot be loaded now
+    (``checkpoints.missing_reason``); the ``planner`` family only counts when the planner loads it."""
+    from visagent.checkpoints import missing_reason
+
+    out = []
+    for family, mc in cfg.models.items():  # type: ignore[attr-defined]
+        if family == "planner" and not uses_planner_model:
+            continue
+        reason = missing_reason(mc.checkpoint, family=family, revision=mc.revision)
+        if reason is not None:
+            out.append((family, mc.checkpoint, reason))
+    return out
 
 
 def stop(
