@@ -345,9 +345,7 @@ def test_resume_from_another_folder_does_not_run_twice(tmp_path: Path) -> None:
 
 
 def test_images_are_not_taken_for_videos(tmp_path: Path) -> None:
-    from visagent.media import MediaStore, image_format
-
-    from visagent.media import _looks_like_video
+    from visagent.media import MediaStore, _looks_like_video, image_format
 
     # a GIF starts with "G", MPEG-TS's sync byte; one with that byte at 188 and 376 too (its palette) is still an image
     assert not _looks_like_video(b"GIF89a" + b"\x47" * 400)
