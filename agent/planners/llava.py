@@ -131,7 +131,16 @@ class LlavaPlanner:
                 last[:] = [messages, encode(messages)]
                 return int(last[1]["input_ids"].shape[1])
 
-            messages, level, n_prompt = fit_messages(state, count, budget, self.options)
+            if self.format == "llava_plus":  # LLaVA-Plus's own conversation (planners/llava_plus_prompt.py)
+                from visagent.errors import RunError
+                from visagent.planners.llava_plus_prompt import build_llava_plus_messages
+
+                messages, level = build_llava_plus_messages(state, self.options.max_images), 0
+                n_prompt = count(messages)
+                if n_prompt > budget:
+                    raise RunError(f"the LLaVA-Plus prompt needs {n_prompt} tokens, over the budget of {budget} (context minus max_new_tokens)")
+            else:
+                messages, level, n_prompt = fit_messages(state, count, budget, self.options)
             if level:
                 log.info("planner prompt shortened to level %d (%d tokens)", level, n_prompt)
             assert last[0] is messages
