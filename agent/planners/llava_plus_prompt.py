@@ -59,8 +59,9 @@ def worker_outputs(step: ToolStep) -> dict[str, Any]:
         lines = out.get("lines", [])
         return {"texts": [ln.get("text", "") for ln in lines], "ids": [ln["id"] for ln in lines if "id" in ln]}
     if step.tool == "search":
-        return {"retrieval_results": [{"caption": hit.get("image") or hit.get("path") or "", "similarity": _r(hit.get("score", 0))}
-                                      for hit in out.get("results", [])]}  # fmt: skip
+        hits = out.get("results", [])
+        results = [{"caption": h.get("image") or h.get("path") or "", "similarity": _r(h.get("score", 0))} for h in hits]
+        return {"retrieval_results": results}
     return {"message": step.observation}
 
 
