@@ -131,7 +131,7 @@ def find_remote(server: Optional[str], local: bool, profile: Optional[str], conf
     from visagent.client import find_server, plans_of
 
     asked = cfg.profile if (profile or config is not None or os.environ.get("VISAGENT_PROFILE")) else None
-    return find_server(server, local=local, profile=asked, planner=planner, plans=plans_of(planner) or ())
+    return find_server(server, local=local, profile=asked, planner=planner, plans=lambda: plans_of(planner) or ())
 
 
 @app.command()

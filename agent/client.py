@@ -182,13 +182,14 @@ def probe(url: str, token: str | None = None, timeout_s: float = PROBE_TIMEOUT_S
 
 def find_server(
     server: str | None = None, *, local: bool = False, profile: str | None = None, planner: str | None = None,
-    environ: Any = None, plans: Sequence[Sequence[dict[str, Any]]] = (),
+    environ: Any = None, plans: Any = (),
 ) -> RemoteServer | None:  # fmt: skip
     """The server to use for this command, or None to run in-process (see the module docstring).
 
     ``profile`` / ``planner``: what the user asked for explicitly (None: whatever the server runs);
-    ``plans``: the scripted plans to send (a plan naming a local path runs here). A server named
-    with ``server`` that cannot be used is a ``UsageError`` naming why.
+    ``plans``: the scripted plans to send, or a function returning them, called only once a server
+    is found (a plan naming a local path runs here). A server named with ``server`` that cannot be
+    used is a ``UsageError`` naming why.
     """
     env = os.environ if environ is None else environ
     if local or _truthy(env.get("VISAGENT_LOCAL")):
@@ -205,7 +206,7 @@ def find_server(
             raise UsageError(f"no visagent server at {url} ({where}): {why} (start one with `visagent serve`, or pass --local)")
         return None
     remote = RemoteServer(url, token, info)
-    reason = remote.mismatch(profile, planner, plans)
+    reason = remote.mismatch(profile, planner, plans() if callable(plans) else plans)
     if reason:
         if server:  # named for this command: say why it cannot be used
             raise UsageError(f"{reason}; pass --local to run in-process")
