@@ -86,8 +86,13 @@ def _list_end(text: str, start: int) -> int:
         i += 1
     if i >= len(text) or text[i] not in "[{":
         return -1
+    return _bracket_end(text, i, "[{", "]}")
+
+
+def _bracket_end(text: str, start: int, opens: str, closes: str) -> int:
+    """The index after the bracket closing the one at ``start``, quotes respected (-1 if none)."""
     depth, in_str, escaped = 0, None, False
-    for j in range(i, len(text)):
+    for j in range(start, len(text)):
         ch = text[j]
         if in_str:
             if escaped:
@@ -98,9 +103,9 @@ def _list_end(text: str, start: int) -> int:
                 in_str = None
         elif ch in "\"'":
             in_str = ch
-        elif ch in "[{":
+        elif ch in opens:
             depth += 1
-        elif ch in "]}":
+        elif ch in closes:
             depth -= 1
             if depth == 0:
                 return j + 1
@@ -137,28 +142,7 @@ def _literal(text: str) -> Any:
     if start == -1:
         raise PlannerOutputError(f"llava_plus: no action list after \"actions\": {text[:80]!r}", raw=text)
     opening = text[start]
-    closing = "]" if opening == "[" else "}"
-    depth, end = 0, -1
-    in_str: str | None = None
-    escaped = False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == in_str:
-                in_str = None
-        elif ch in "\"'":
-            in_str = ch
-        elif ch == opening:
-            depth += 1
-        elif ch == closing:
-            depth -= 1
-            if depth == 0:
-                end = i + 1
-                break
+    end = _bracket_end(text, start, opening, "]" if opening == "[" else "}")
     chunk = text[start:end] if end != -1 else text[start:]
     chunk = re.sub(r",\s*([\]}])", r"\1", chunk)
     if len(chunk) > MAX_TEXT_CHARS:
