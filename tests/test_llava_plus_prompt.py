@@ -8,8 +8,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from tests.test_planner_llava_plus import _TextPlanner
 from visagent.grounding import GroundingPolicy
-from visagent.planners.llava_plus import parse_llava_plus
 from visagent.planners.llava_plus_prompt import build_llava_plus_messages
 from visagent.tools.detect import Detect
 from visagent.tools.segment import Segment
@@ -28,25 +28,18 @@ UNKNOWN = '"thoughts🤔" x\n"actions🚀" [{"API_name": "magic", "API_params": 
 FINAL = '"thoughts🤔" done\n"actions🚀" []\n"value👉" The cup is in the middle.'
 
 
-class _Recorder:
+class _Recorder(_TextPlanner):
     """Plays LLaVA-Plus texts (follow-ups first, as the llava planner does) and records each prompt."""
 
     name = "recorder"
 
     def __init__(self, texts: list[str]) -> None:
-        self.texts = iter(texts)
+        super().__init__(texts)
         self.prompts: list[list[dict[str, Any]]] = []
 
     def next(self, state: Any) -> PlannerReply:
-        from visagent.planners.llava_plus import followup
-
         self.prompts.append(build_llava_plus_messages(state))
-        then = followup(list(state.steps), state.tools)
-        if then is not None:
-            return PlannerReply(decision=then, raw="")
-        raw = next(self.texts)
-        sizes = {m.id: (m.width, m.height) for m in state.media if m.kind == "image"}
-        return PlannerReply(decision=parse_llava_plus(raw, sizes=sizes, tools=state.tools), raw=raw, tokens=1)
+        return super().next(state)
 
 
 def _text(message: dict[str, Any]) -> str:
