@@ -63,21 +63,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None, *,
+    path: str = "/healthz", headers: dict[str, str] | None = None, wait_s: float = 90,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start ``cmd`` and wait until ``path`` on ``port`` answers 200 (or the process ends)."""
     fh = open(log, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env or os.environ.copy())
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise AssertionError(f"server did not come up in 90 s: {log.read_text()[-2000:]}")
+    raise AssertionError(f"server did not come up in {wait_s:g} s: {log.read_text()[-2000:]}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

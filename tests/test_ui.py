@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import yaml
 from PIL import Image
 
 from tests.test_report import CHROMIUM, CHROMIUM_ARGS
-from tests.test_server import free_port, stop
+from tests.test_server import free_port, start, stop
 from visagent.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,24 +58,6 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "VISAGENT_TOKEN"} | {"HF_HUB_OFFLINE": "1"}
 
 
-def _start(cmd: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` and wait until ``url`` answers 200 with the token (or the process ends)."""
-    fh = open(log, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=_env())
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"visagent ui exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, headers=AUTH, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError(f"visagent ui did not come up in 240 s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ui-media")
@@ -98,7 +79,7 @@ def page_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "visagent.cli", "ui", "--profile", "tiny", "--planner", f"script:{tmp / 'plans.yaml'}",
            "--port", str(port), "--token", TOKEN]  # fmt: skip
-    proc = _start(cmd, f"http://127.0.0.1:{port}/", tmp / "ui.log")
+    proc = start(cmd, port, tmp / "ui.log", env=_env(), path="/", headers=AUTH, wait_s=240)
     yield f"http://127.0.0.1:{port}"
     stop(proc)
     log = (tmp / "ui.log").read_text()
