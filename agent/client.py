@@ -129,14 +129,14 @@ class RemoteServer:
         max_steps: int | None = None,
         plan: list[dict[str, Any]] | None = None,
         trace_path: str | Path | None = None,
-        conversation: "RemoteConversation | None" = None,
         limits: Any = None,
         progress: Any = None,
     ) -> "RemoteRun":
         """One run on the server; iterate the returned ``RemoteRun`` for its steps (``progress``:
-        accepted for ``Agent.stream``'s sake; a server does not report a tool's progress)."""
-        return RemoteRun(self, question, list(sources), max_steps=max_steps, plan=plan, trace_path=trace_path,
-                         conversation=conversation, limits=limits)  # fmt: skip
+        accepted for ``Agent.stream``'s sake; a server does not report a tool's progress). Bad
+        media fail here, with the local one-line errors."""
+        local = _Mirror(limits)
+        return RemoteRun(self, question, local, local.add(sources), max_steps=max_steps, plan=plan, trace_path=trace_path)
 
     def ask(self, question: str, sources: Sequence[str], **kwargs: Any) -> Answer:
         return self.stream(question, sources, **kwargs).result()
@@ -267,21 +267,23 @@ class RemoteRun(StepStream):
         self,
         server: RemoteServer,
         question: str,
+        local: "_Mirror",
         sources: list[str],
         *,
         max_steps: int | None = None,
         plan: list[dict[str, Any]] | None = None,
         trace_path: str | Path | None = None,
         conversation: "RemoteConversation | None" = None,
-        limits: Any = None,
     ) -> None:
+        """``local``: the media as the server will have them; ``sources``: those to send (checked
+        and registered in ``local`` already)."""
         from visagent.trace import TraceWriter
 
         self.server = server
         self.question = question
         self.conversation = conversation
-        self.local = conversation.local if conversation is not None else _Mirror(limits)
-        self.sources = self.local.add(sources)  # bad media fail here, with the local one-line errors
+        self.local = local
+        self.sources = sources
         self.max_steps = max_steps
         self.plan = plan
         self.answer: Answer | None = None
@@ -455,10 +457,9 @@ class RemoteConversation:
         as dicts); any other planner is the server's."""
         if planner is not None:
             plan = plan_dicts(planner.plan)
-        pending, self.pending = self.pending, []
-        run = RemoteRun(self.server, question, [], max_steps=self.max_steps, plan=plan, trace_path=trace_path, conversation=self)
-        run.sources = pending  # already checked and registered by this conversation
-        return run
+        pending, self.pending = self.pending, []  # checked and registered when they were given
+        return RemoteRun(self.server, question, self.local, pending, max_steps=self.max_steps, plan=plan, trace_path=trace_path,
+                         conversation=self)  # fmt: skip
 
     def ask(self, question: str, **kwargs: Any) -> Answer:
         return self.stream(question, **kwargs).result()
