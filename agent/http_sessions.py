@@ -96,6 +96,11 @@ class SessionStore:
             if kept.id not in self._kept:  # dropped meanwhile (close): its folders go now
                 kept.discard()
 
+    def holds(self, folder: Path) -> bool:
+        """Whether a kept session owns ``folder`` (it is removed with the session)."""
+        with self._lock:
+            return any(folder in kept.folders for kept in self._kept.values())
+
     def close(self, session_id: str) -> bool:
         with self._lock:
             return self._drop(session_id)

@@ -661,7 +661,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
                 parsed.question, parsed.sources, parsed.max_steps, tmp, session_id=parsed.session, plan=parsed.plan
             )
         except BaseException as exc:
-            if parsed.session is None:  # a kept session's folder goes with the session
+            if not srv.sessions.holds(tmp):  # a kept session's folder goes with the session
                 shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, Exception):
                 raise _error_for(exc) from None

@@ -218,10 +218,27 @@ def test_http_sessions(server: str) -> None:
     assert httpx.delete(f"{server}/v1/sessions/{first['session']}", headers=auth).status_code == 200
     gone = httpx.post(f"{server}/v1/ask", json=follow, headers=auth, timeout=60)
     assert gone.status_code == 404 and "unknown or expired session" in gone.json()["detail"]
+    # a refused request leaves no upload folder behind
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("visagent-http-*"))
+    refused = httpx.post(f"{server}/v1/ask", files={"files": ("a.png", _png())}, data={"question": "q", "session": "nope"},
+                         headers=auth, timeout=60)  # fmt: skip
+    assert refused.status_code == 404 and set(Path(tempfile.gettempdir()).glob("visagent-http-*")) <= before
     no_media = httpx.post(f"{server}/v1/ask", json={"question": "q", "plan": PLAN}, headers=auth, timeout=60)
     assert no_media.status_code == 400 and "at least one media" in no_media.json()["detail"]
     bad_plan = httpx.post(f"{server}/v1/ask", json={**body, "plan": [{"nope": 1}]}, headers=auth, timeout=60)
     assert bad_plan.status_code == 400 and "unknown keys" in bad_plan.json()["detail"]
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_session_store_bounds(tmp_path: Path) -> None:
