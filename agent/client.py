@@ -58,7 +58,7 @@ class RemoteServer:
     """A running visagent server: its URL, the token to send and what ``/healthz`` said."""
 
     url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never shown
     info: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 600.0
     _path_fields: dict[str, set[str]] | None = field(default=None, repr=False)

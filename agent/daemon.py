@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def start_detached(args: list[str], cfg: Any, *, token: str | None, host: str | 
     pidfile.write_text(f"{proc.pid}\n")
     wait = float(os.environ.get("VISAGENT_DETACH_WAIT_S") or START_WAIT_S)
     deadline = time.monotonic() + wait
-    with err.status(f"starting the visagent server at {where} ...", spinner="dots") if err.is_terminal else _nothing():
+    with err.status(f"starting the visagent server at {where} ...", spinner="dots") if err.is_terminal else nullcontext():
         while True:
             if proc.poll() is not None:
                 pidfile.unlink(missing_ok=True)
@@ -96,14 +97,6 @@ def start_detached(args: list[str], cfg: Any, *, token: str | None, host: str | 
                 raise VisagentError(f"the server (pid {proc.pid}) did not answer at {where} within {wait:g} s; see {logfile}")
             time.sleep(0.2)
     err.print(f"visagent serving on {where} in the background (pid {proc.pid}, log {logfile}); stop it with `visagent stop --port {settings.port}`", markup=False, highlight=False)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def stop_detached(cfg: Any, port: int | None = None) -> None:

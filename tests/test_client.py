@@ -158,6 +158,7 @@ def test_the_default_address_is_used_only_by_a_visagent_server_that_fits(server:
     monkeypatch.setattr(client, "DEFAULT_URL", server)
     found = client.find_server()
     assert found is not None and found.url == server and found.profile == "tiny" and found.token == TOKEN
+    assert TOKEN not in repr(found)
     assert client.find_server(profile="tiny", planner="script:x.yaml") is not None  # a plan travels with the request
     assert client.find_server(profile="default") is None  # another profile: run here
     assert client.find_server(planner="openai") is None
