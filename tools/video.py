@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,6 +190,103 @@ def decode_all(path: str) -> list[Frame]:
     for f in frames:
         f.timestamp = round(f.timestamp - start, 6)
     return frames
+
+
+def iter_frames(
+    path: str,
+    fps: float | None = None,
+    stride: int | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+    max_frames: int | None = None,
+) -> Iterator[Frame]:
+    """Stream decoded frames of ``path`` one at a time (the file is never held in memory whole).
+
+    Times are seconds from the video's first frame. ``start`` / ``end``: the time range kept
+    (``start`` is reached by seeking to the keyframe before it; ``end`` exclusive, ``None`` = to the
+    end). Sampling: ``fps`` keeps the first frame at or after each tick ``start + k / fps`` (half a
+    source frame of tolerance; a tick between frames takes the next frame, so an ``fps`` above the
+    video's rate gives every frame once); ``stride`` keeps every ``stride``-th decoded frame of the
+    range; neither keeps every frame; both is an error. ``max_frames``: stop after that many.
+
+    Each ``Frame`` has ``timestamp`` (seconds from the first frame, rounded to microseconds),
+    ``image`` (RGB, rotated for display), ``pts`` and ``index``: the frame's 0-based index in the
+    video, ``round(timestamp * rate)`` with the stream's average rate (decode order when the rate is
+    unknown). Raises ``VideoReadError`` for an unreadable video, ``ValueError`` for bad arguments.
+    """
+    if fps is not None and stride is not None:
+        raise ValueError("give fps or stride, not both")
+    if fps is not None and (not math.isfinite(fps) or fps <= 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if stride is not None and stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    if not math.isfinite(start) or start < 0:
+        raise ValueError(f"start must be a non-negative number of seconds, got {start}")
+    if end is not None and (not math.isfinite(end) or end <= start):
+        raise ValueError(f"end must be a number of seconds after start ({start}), got {end}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    return _iter_frames(path, fps, stride, start, end, max_frames)
+
+
+def _iter_frames(
+    path: str, fps: float | None, stride: int | None, start: float, end: float | None, max_frames: int | None
+) -> Iterator[Frame]:
+    origin = probe(path).start  # stream seconds of the first frame
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = stream.time_base
+        rate = float(stream.average_rate) if stream.average_rate else None
+        step = 1 / rate if rate else 0.04
+        tol = step / 2
+        if start > 0:
+            target = origin + start
+            offset = int(target / float(tb)) if tb else int(target * 1_000_000)
+            container.seek(max(offset, 0), stream=stream if tb else None, backward=True, any_frame=False)
+        next_tick = start
+        kept = 0
+        in_range = 0
+        last_t: float | None = None
+        decoded = 0
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames, None)
+            except Exception as exc:  # noqa: BLE001 - a damaged tail: keep what was decoded
+                if kept == 0 and decoded == 0:
+                    raise _fail(path, exc) from None
+                log.warning("%s: decoding stopped early after %d frames (%s)", path, decoded, exc)
+                break
+            if frame is None:
+                break
+            decoded += 1
+            fallback = (last_t + step) if last_t is not None else origin + start
+            t_abs = _frame_time(frame, fallback)
+            last_t = t_abs
+            t = round(t_abs - origin, 6)
+            if t < start - 1e-6:
+                continue
+            if end is not None and t >= end - 1e-9:
+                break
+            in_range += 1
+            if stride is not None and (in_range - 1) % stride:
+                continue
+            if fps is not None:
+                if t < next_tick - tol:
+                    continue
+                while next_tick <= t + tol:
+                    next_tick += 1 / fps
+            index = int(round(t * rate)) if rate else decoded - 1
+            yield Frame(t, _to_image(frame), frame.pts, index)
+            kept += 1
+            if max_frames is not None and kept >= max_frames:
+                break
+        if decoded == 0 and start == 0:
+            raise VideoReadError(f"{path}: video has 0 decodable frames")
+    finally:
+        container.close()
 
 
 def read_frames_at(path: str, times: list[float]) -> list[Frame]:
