@@ -1,0 +1,240 @@
+"""The evaluation contract: items, predictions, the adapter each benchmark format implements, and
+the per-category summary.
+
+- ``EvalItem``: one benchmark question, read from the files as distributed (ids as strings, media
+  as absolute paths, ground truth as distributed).
+- ``Prediction``: what a model answered for one item (text, a count, a box).
+- ``Adapter``: one benchmark format (``name``, e.g. ``"vqav2"``): ``load`` reads the folder,
+  ``read_predictions`` / ``write_predictions`` speak the benchmark's own results format, ``score``
+  computes the per-item metrics the benchmark defines (``metrics``: their names, the first is the
+  headline), ``prediction`` turns a visagent ``Answer`` into a ``Prediction``.
+- ``register_format``: the decorator that adds an ``Adapter`` subclass to the registry;
+  ``get_adapter(name)`` / ``available_formats()`` read it.
+- ``summarize``: means of the per-item metrics, overall and per category.
+
+Boxes are ``[x0, y0, x1, y1]`` pixels of the original image everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+from visagent.errors import UsageError
+
+Task = Literal["vqa", "count", "grounding", "tool"]
+
+
+class EvalItem(BaseModel):
+    """One benchmark question.
+
+    ``id``: the benchmark's own question / item id as a string; ``media``: absolute image paths;
+    ``question``: what the agent is asked; ``answers``: ground-truth answers as distributed (VQAv2 /
+    TextVQA: the 10 annotator answers); ``count``: counting truth; ``box``: grounding truth
+    ``[x0, y0, x1, y1]`` pixels; ``category``: the per-category breakdown key; ``extra``: anything
+    else the format keeps (e.g. the raw id type, a whitelist).
+    """
+
+    id: str
+    media: list[str]
+    question: str
+    task: Task
+    answers: list[str] = Field(default_factory=list)
+    count: int | None = None
+    box: list[float] | None = None
+    category: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Prediction(BaseModel):
+    """A model's answer to one item: ``answer`` text, ``count``, ``box`` ``[x0, y0, x1, y1]``."""
+
+    id: str
+    answer: str | None = None
+    count: float | None = None
+    box: list[float] | None = None
+
+
+class Adapter(ABC):
+    """One benchmark format. Subclasses set ``name``, ``task``, ``metrics`` and implement ``load``,
+    ``read_predictions``, ``write_predictions`` and ``score``; ``prediction`` has a default per
+    ``task``. Register a subclass with ``@register_format``."""
+
+    name: ClassVar[str]
+    task: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def load(self, folder: Path, limit: int | None = None) -> list[EvalItem]:
+        """The items of the dataset in ``folder`` (files as distributed), the first ``limit`` if set.
+        A missing file or field is a one-line ``UsageError`` naming it."""
+
+    @abstractmethod
+    def read_predictions(self, path: Path) -> list[Prediction]:
+        """Predictions from a file in the benchmark's own results format."""
+
+    @abstractmethod
+    def write_predictions(self, predictions: list[Prediction], path: Path) -> None:
+        """Write predictions in the benchmark's own results format."""
+
+    @abstractmethod
+    def score(self, item: EvalItem, prediction: Prediction | None) -> dict[str, float]:
+        """The per-item metrics (keys: ``metrics``); ``None`` (no prediction) scores the worst values."""
+
+    def prediction(self, item: EvalItem, answer: Any) -> Prediction:
+        """A ``Prediction`` from a visagent ``Answer``: its text; for counting also the first number
+        it states; for grounding the box of the first cited region."""
+        text = str(getattr(answer, "answer", "") or "")
+        pred = Prediction(id=item.id, answer=text)
+        if self.task == "count":
+            from visagent.grounding import answer_number
+
+            pred.count = answer_number(text)
+        elif self.task == "grounding":
+            pred.box = cited_box(answer)
+        return pred
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def cited_box(answer: Any) -> list[float] | None:
+    """The ``[x0, y0, x1, y1]`` box of the first region an ``Answer`` cites, or None."""
+    for ev in getattr(answer, "evidence", None) or []:
+        region = getattr(ev, "region", None) or {}
+        box = region.get("box") if isinstance(region, dict) else None
+        if box and len(box) == 4:
+            return [float(v) for v in box]
+    return None
+
+
+_FORMATS: dict[str, type[Adapter]] = {}
+
+
+def register_format(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: add an ``Adapter`` subclass under its ``name`` (a clash is an error)."""
+    for attr in ("name", "task", "metrics"):
+        if not getattr(cls, attr, None):
+            raise TypeError(f"eval format {cls.__name__} must set {attr!r}")
+    if cls.task not in ("vqa", "count", "grounding", "tool"):
+        raise TypeError(f"eval format {cls.__name__}: unknown task {cls.task!r}")
+    other = _FORMATS.get(cls.name)
+    if other is not None and other is not cls:
+        raise TypeError(f"eval format {cls.name!r} is already registered by {other.__name__}")
+    _FORMATS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    import visagent.eval.formats  # noqa: F401  (registers the built-in formats)
+
+
+def available_formats() -> list[str]:
+    """The registered format names, sorted."""
+    _load_builtin()
+    return sorted(_FORMATS)
+
+
+def get_adapter(name: str) -> Adapter:
+    """A fresh adapter for format ``name``; an unknown name is a ``UsageError`` listing them all."""
+    _load_builtin()
+    cls = _FORMATS.get(str(name).strip().lower())
+    if cls is None:
+        raise UsageError(f"unknown eval format {name!r}; available: {', '.join(sorted(_FORMATS))}")
+    return cls()
+
+
+def summarize(adapter: Adapter, items: Iterable[EvalItem], scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Means of the per-item metrics over ``items`` (``scores``: item id -> metrics; an item without
+    scores is scored as missing, i.e. ``adapter.score(item, None)``).
+
+    Returns ``{"n", "missing", "metrics": {name: mean}, "categories": {category: {"n", name: mean}}}``;
+    ``categories`` is empty when no item has one.
+    """
+    items = list(items)
+    totals: dict[str, float] = {m: 0.0 for m in adapter.metrics}
+    cats: dict[str, dict[str, float]] = {}
+    missing = 0
+    for item in items:
+        s = scores.get(item.id)
+        if s is None:
+            missing += 1
+            s = adapter.score(item, None)
+        for m in adapter.metrics:
+            totals[m] += float(s.get(m, 0.0))
+        if item.category is not None:
+            c = cats.setdefault(str(item.category), {"n": 0, **{m: 0.0 for m in adapter.metrics}})
+            c["n"] += 1
+            for m in adapter.metrics:
+                c[m] += float(s.get(m, 0.0))
+    n = len(items)
+    metrics = {m: (totals[m] / n if n else math.nan) for m in adapter.metrics}
+    categories = {
+        name: {"n": int(c["n"]), **{m: c[m] / c["n"] for m in adapter.metrics}} for name, c in sorted(cats.items())
+    }
+    return {"n": n, "missing": missing, "metrics": metrics, "categories": categories}
+
+
+# -- helpers the formats share -------------------------------------------------------------------
+
+
+def require_file(folder: Path, names: Iterable[str], what: str) -> Path:
+    """The first of ``names`` (glob patterns allowed) found in ``folder``, or a one-line ``UsageError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"dataset folder {folder} does not exist (or is not a folder)")
+    names = list(names)
+    for pattern in names:
+        hits = sorted(folder.glob(pattern))
+        if hits:
+            return hits[0]
+    raise UsageError(f"{what}: no {' or '.join(names)} in {folder}")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file; a missing / unreadable / invalid one is a one-line ``UsageError`` naming it."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} {path} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{what} {path} is nested too deeply") from None
+
+
+def write_json(value: Any, path: Path) -> None:
+    """Write ``value`` as JSON (parent folders made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+
+
+def field(record: Any, key: str, where: str) -> Any:
+    """``record[key]`` or a one-line ``UsageError`` naming the missing field and where."""
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: expected an object, got {type(record).__name__}")
+    if key not in record:
+        raise UsageError(f"{where}: missing field {key!r}")
+    return record[key]
+
+
+def record_list(value: Any, what: str, path: Path) -> list[dict[str, Any]]:
+    """``value`` as a list of objects, or a one-line ``UsageError``."""
+    if not isinstance(value, list):
+        raise UsageError(f"{what} {path}: expected a JSON list, got {type(value).__name__}")
+    for i, rec in enumerate(value):
+        if not isinstance(rec, dict):
+            raise UsageError(f"{what} {path}: entry {i} is not an object")
+    return value
