@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,6 +182,64 @@ class ServerSettings(BaseModel):
     allow_plans: bool = True
 
 
+class RayAutoscaling(BaseModel):
+    """Replicas added and removed under load (Ray Serve's ``autoscaling_config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)  # requests in flight per replica Ray Serve aims at
+
+
+class RayDeployment(BaseModel):
+    """One Ray Serve deployment: ``num_replicas`` fixed, or ``autoscaling`` (not both); the
+    resources of each replica (``num_gpus`` / ``num_cpus``, fractions allowed); the requests one
+    replica takes at once before Ray Serve queues them (``max_ongoing_requests``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_replicas: int | None = Field(None, ge=1)  # None: 1, or the autoscaling range
+    autoscaling: RayAutoscaling | None = None
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(1.0, ge=0)
+    max_ongoing_requests: int | None = Field(None, ge=1)  # None: 2 x max_batch of the family (ingress: its limits)
+
+
+class RayConfig(BaseModel):
+    """Ray Serve settings (config section ``ray:``; used by ``visagent serve --ray`` and the
+    ``visagent.ray_serve:app`` builder, see docs/scaling.md).
+
+    - ``address``: the Ray cluster to join (``auto``, ``ray://HOST:10001``, ``HOST:6379``); None
+      starts a local Ray instance (``num_cpus`` / ``num_gpus`` / ``object_store_memory`` size it).
+    - ``families``: the model families served as deployments; None: every configured family but
+      the planner (the planner runs in the ingress, or behind an OpenAI-compatible endpoint).
+      A family not listed loads in the ingress replica, as in ``visagent serve``.
+    - ``default``: the deployment settings of every family without its own entry in
+      ``deployments`` (``deployments.detect: {num_replicas: 2, num_gpus: 0.25}``).
+    - ``ingress``: the deployment holding the agent loop, sessions and the HTTP API.
+    - ``host`` / ``port``: where Ray Serve's HTTP proxy listens; None: ``server.host`` /
+      ``server.port``.
+    - ``retries``: how many times a model call whose replica died is sent again (to another
+      replica); beyond, the call fails with an error the run records.
+    - ``app_name``: the Ray Serve application's name; ``start_timeout_s``: how long deployments
+      may take to start before ``visagent serve --ray`` gives up naming the ones still starting.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = None
+    num_cpus: float | None = Field(None, gt=0)
+    num_gpus: float | None = Field(None, ge=0)
+    object_store_memory: int | None = Field(None, ge=78_643_200)  # bytes; Ray's minimum is 75 MiB
+    families: list[str] | None = None
+    default: RayDeployment = Field(default_factory=RayDeployment)
+    deployments: dict[str, RayDeployment] = Field(default_factory=dict)
+    ingress: RayDeployment = Field(default_factory=RayDeployment)
+    host: str | None = None
+    port: int | None = Field(None, ge=0, le=65535)
+    retries: int = Field(2, ge=0, le=10)
+    app_name: str = Field("visagent", pattern=r"^[A-Za-z0-9_.-]+$")
+    start_timeout_s: float = Field(600.0, gt=0)
+
+
 class Config(BaseModel):
     """The whole configuration. ``model_dump()``, secrets masked (``visagent.secrets.redact``), is
     recorded in every trace. Unknown keys are errors naming the nearest valid key."""
@@ -195,6 +254,7 @@ class Config(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
     def cache_path(self) -> Path:
@@ -276,11 +336,14 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
             if model is Config or not isinstance(part, str):
                 return []
             # a mapping of sections (models.FAMILY): step into its value type
-            model = ModelConfig if model == "models" else None
+            model = ModelConfig if model == "models" else model[1] if isinstance(model, tuple) else None
             continue
         annotation = field.annotation
+        values = typing.get_args(annotation) if typing.get_origin(annotation) is dict else ()
         if part == "models":
             model = "models"
+        elif values and isinstance(values[-1], type) and issubclass(values[-1], BaseModel):
+            model = ("mapping", values[-1])  # e.g. ray.deployments.FAMILY
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
         else:
