@@ -17,7 +17,6 @@ Boxes are ``[x0, y0, x1, y1]`` pixels of the original image everywhere.
 
 from __future__ import annotations
 
-import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -151,90 +150,56 @@ def get_adapter(name: str) -> Adapter:
     return cls()
 
 
+def _mean_row(rows: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str, Any]:
+    return {"n": len(rows), **{m: sum(float(r.get(m, 0.0)) for r in rows) / len(rows) for m in metrics}}
+
+
 def summarize(adapter: Adapter, items: Iterable[EvalItem], scores: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Means of the per-item metrics over ``items`` (``scores``: item id -> metrics; an item without
     scores is scored as missing, i.e. ``adapter.score(item, None)``).
 
-    Returns ``{"n", "missing", "metrics": {name: mean}, "categories": {category: {"n", name: mean}}}``;
-    ``categories`` is empty when no item has one.
+    Returns ``{"n", "missing", "metrics": {name: mean}, "categories": {category: {"n", name: mean}}}``
+    (``categories`` empty when no item has one), plus ``"groups": {key: {value: {"n", name: mean}}}``
+    when items carry further breakdowns in ``extra["groups"]`` (e.g. GQA's semantic type).
     """
     items = list(items)
-    totals: dict[str, float] = {m: 0.0 for m in adapter.metrics}
-    cats: dict[str, dict[str, float]] = {}
+    metrics = tuple(adapter.metrics)
+    rows: list[dict[str, float]] = []
+    cats: dict[str, list[dict[str, float]]] = {}
+    groups: dict[str, dict[str, list[dict[str, float]]]] = {}
     missing = 0
     for item in items:
         s = scores.get(item.id)
         if s is None:
             missing += 1
             s = adapter.score(item, None)
-        for m in adapter.metrics:
-            totals[m] += float(s.get(m, 0.0))
+        rows.append(s)
         if item.category is not None:
-            c = cats.setdefault(str(item.category), {"n": 0, **{m: 0.0 for m in adapter.metrics}})
-            c["n"] += 1
-            for m in adapter.metrics:
-                c[m] += float(s.get(m, 0.0))
-    n = len(items)
-    metrics = {m: (totals[m] / n if n else math.nan) for m in adapter.metrics}
-    categories = {
-        name: {"n": int(c["n"]), **{m: c[m] / c["n"] for m in adapter.metrics}} for name, c in sorted(cats.items())
+            cats.setdefault(str(item.category), []).append(s)
+        for key, value in (item.extra.get("groups") or {}).items():
+            if value is not None:
+                groups.setdefault(str(key), {}).setdefault(str(value), []).append(s)
+    n = len(rows)
+    summary: dict[str, Any] = {
+        "n": n,
+        "missing": missing,
+        "metrics": _mean_row(rows, metrics) if n else {m: math.nan for m in metrics},
+        "categories": {name: _mean_row(r, metrics) for name, r in sorted(cats.items())},
     }
-    return {"n": n, "missing": missing, "metrics": metrics, "categories": categories}
+    summary["metrics"].pop("n", None)
+    if groups:
+        summary["groups"] = {k: {v: _mean_row(r, metrics) for v, r in sorted(g.items())} for k, g in sorted(groups.items())}
+    return summary
 
 
-# -- helpers the formats share -------------------------------------------------------------------
-
-
-def require_file(folder: Path, names: Iterable[str], what: str) -> Path:
-    """The first of ``names`` (glob patterns allowed) found in ``folder``, or a one-line ``UsageError``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"dataset folder {folder} does not exist (or is not a folder)")
-    names = list(names)
-    for pattern in names:
-        hits = sorted(folder.glob(pattern))
-        if hits:
-            return hits[0]
-    raise UsageError(f"{what}: no {' or '.join(names)} in {folder}")
-
-
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file; a missing / unreadable / invalid one is a one-line ``UsageError`` naming it."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{what} {path} cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except RecursionError:
-        raise UsageError(f"{what} {path} is nested too deeply") from None
-
-
-def write_json(value: Any, path: Path) -> None:
-    """Write ``value`` as JSON (parent folders made)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-
-
-def field(record: Any, key: str, where: str) -> Any:
-    """``record[key]`` or a one-line ``UsageError`` naming the missing field and where."""
-    if not isinstance(record, dict):
-        raise UsageError(f"{where}: expected an object, got {type(record).__name__}")
-    if key not in record:
-        raise UsageError(f"{where}: missing field {key!r}")
-    return record[key]
-
-
-def record_list(value: Any, what: str, path: Path) -> list[dict[str, Any]]:
-    """``value`` as a list of objects, or a one-line ``UsageError``."""
-    if not isinstance(value, list):
-        raise UsageError(f"{what} {path}: expected a JSON list, got {type(value).__name__}")
-    for i, rec in enumerate(value):
-        if not isinstance(rec, dict):
-            raise UsageError(f"{what} {path}: entry {i} is not an object")
-    return value
+def missing_media(items: Iterable[EvalItem]) -> list[str]:
+    """The media paths of ``items`` that are not files (scoring needs none; running needs all)."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        for path in item.media:
+            if path not in seen:
+                seen.add(path)
+                if not Path(path).is_file():
+                    out.append(path)
+    return out
