@@ -42,6 +42,8 @@ BUILTIN_TOOLS: tuple[tuple[str, str], ...] = (
     ("visagent.tools.ocr", "Ocr"),
     ("visagent.tools.video", "VideoFrames"),
     ("visagent.tools.video", "VideoQA"),
+    ("visagent.tools.segment_video", "SegmentVideo"),
+    ("visagent.tools.track", "Track"),
 )
 
 #: modules that register model loaders (``visagent.tools.models``) without defining a tool

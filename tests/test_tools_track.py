@@ -1,0 +1,281 @@
+"""``track``: generated scenes of moving squares with known ground truth (crossing paths,
+occlusion, leaving and re-entering, flickering false positives) fed to the real tracker library
+(``trackers.ByteTrackTracker`` through ``visagent.tools.track.Associator``) give the known distinct
+counts; the frame iterator streams by time; the whole tool runs on the tiny detector through the
+agent with a scripted plan (structure only: the tiny detector's boxes are random)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from tests.helpers import frame_index, tool_steps, write_video
+from visagent.errors import ToolError
+from visagent.tools.detect import RawDetection
+from visagent.tools.track import (
+    Associator,
+    TrackerSettings,
+    TrackInput,
+    TrackOutput,
+    TrackRegion,
+    confirmed,
+    distinct_counts,
+    plan_sampling,
+)
+from visagent.tools.video import iter_frames
+
+W, H, FPS = 160, 120, 10
+SIDE = 16
+
+
+# -- generated scenes with ground truth ---------------------------------------------------------
+@dataclass
+class Mover:
+    """A square of ``SIDE`` pixels whose top-left corner is ``at(t)`` (None: not in the scene)."""
+
+    name: str
+    color: tuple[int, int, int]
+    at: Callable[[float], "tuple[float, float] | None"]
+
+
+@dataclass
+class Scene:
+    movers: list[Mover]
+    seconds: float
+    #: x range [x0, x1) of a pillar in front of everything (None: no pillar)
+    pillar: tuple[int, int] | None = None
+
+    def times(self) -> list[float]:
+        return [k / FPS for k in range(round(self.seconds * FPS))]
+
+    def visible(self, t: float) -> list[tuple[str, list[float]]]:
+        """Ground truth at ``t``: (name, box) of every square at least half inside the frame and
+        at least half uncovered by the pillar."""
+        out = []
+        for m in self.movers:
+            pos = m.at(t)
+            if pos is None:
+                continue
+            x0, y0 = pos
+            box = [x0, y0, x0 + SIDE, y0 + SIDE]
+            inside = max(0.0, min(box[2], W) - max(box[0], 0))
+            hidden = max(0.0, min(box[2], self.pillar[1]) - max(box[0], self.pillar[0])) if self.pillar else 0.0
+            if inside >= SIDE / 2 and inside - hidden >= SIDE / 2:
+                out.append((m.name, [max(box[0], 0.0), box[1], min(box[2], float(W)), box[3]]))
+        return out
+
+    def write(self, path: Path) -> Path:
+        """The scene as an H.264 video (``FPS`` frames per second)."""
+        import av
+
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=FPS)
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            stream.codec_context.time_base = Fraction(1, 1000)
+            for t in self.times():
+                a = np.full((H, W, 3), 128, np.uint8)
+                for m in self.movers:
+                    pos = m.at(t)
+                    if pos is not None:
+                        x0, y0 = int(round(pos[0])), int(round(pos[1]))
+                        a[max(y0, 0) : max(y0 + SIDE, 0), max(x0, 0) : max(x0 + SIDE, 0)] = m.color
+                if self.pillar:
+                    a[:, self.pillar[0] : self.pillar[1]] = (60, 60, 60)
+                frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+                frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+
+
+def _line(x0: float, x1: float, y: float, t0: float, t1: float) -> Callable[[float], "tuple[float, float] | None"]:
+    """Moving from x0 to x1 at height y between t0 and t1 (absent outside)."""
+
+    def at(t: float) -> "tuple[float, float] | None":
+        if t < t0 - 1e-9 or t > t1 + 1e-9:
+            return None
+        return (x0 + (x1 - x0) * (t - t0) / (t1 - t0), y)
+
+    return at
+
+
+RED, BLUE = (220, 30, 30), (30, 60, 220)
+CROSSING = Scene([Mover("a", RED, _line(0, W - SIDE, 50, 0, 3)), Mover("b", BLUE, _line(W - SIDE, 0, 54, 0, 3))], 3.0)
+OCCLUSION = Scene([Mover("a", RED, _line(0, W - SIDE, 50, 0, 3))], 3.0, pillar=(70, 90))
+# leaves on the right at 1.5 s, comes back from the right at 3.0 s; b stays in view all along
+REENTRY = Scene(
+    [
+        Mover("a", RED, lambda t: (t * 100.0, 20.0) if t <= 1.5 else ((W + 140 - (t - 1.5) * 100.0, 20.0) if t >= 1.5 else None)),
+        Mover("b", BLUE, _line(10, 60, 80, 0, 4)),
+    ],
+    4.0,
+)
+
+
+def gt_detections(scene: Scene, *, noise: int = 0, seed: int = 0, flicker: int = 0) -> list[tuple[float, int, list[RawDetection]]]:
+    """Per frame: (time, frame index, detections) made from the ground truth, with ``noise`` px of
+    box jitter and ``flicker`` false positives that each last two frames at one place."""
+    rng = random.Random(seed)
+    ghosts = {}  # first frame -> box
+    n = len(scene.times())
+    for _ in range(flicker):
+        k = rng.randrange(0, n - 1)
+        x, y = rng.uniform(0, W - SIDE), rng.uniform(0, H - SIDE)
+        ghosts.setdefault(k, []).append([x, y, x + SIDE, y + SIDE])
+    out = []
+    for k, t in enumerate(scene.times()):
+        dets = []
+        for _, box in scene.visible(t):
+            j = [rng.uniform(-noise, noise) for _ in range(4)] if noise else [0.0] * 4
+            dets.append(RawDetection("square", [b + d for b, d in zip(box, j)], rng.uniform(0.7, 0.95)))
+        for box in ghosts.get(k, []) + ghosts.get(k - 1, []):
+            dets.append(RawDetection("square", list(box), 0.9))
+        out.append((t, k, dets))
+    return out
+
+
+def _associate(frames: list[tuple[float, int, list[RawDetection]]], **settings: float) -> Associator:
+    assoc = Associator(["square"], TrackerSettings(frame_rate=FPS, **settings))
+    for t, k, dets in frames:
+        assoc.update(t, k, dets)
+    return assoc
+
+
+def test_crossing_paths_count_two_and_keep_every_sighting() -> None:
+    frames = gt_detections(CROSSING, noise=1, seed=1)
+    tracks = _associate(frames).tracks()
+    assert distinct_counts(tracks, ["square"], 3) == {"square": 2}
+    sightings = sum(len(d) for _, _, d in frames)
+    assert sum(len(t.points) for t in tracks) == sightings  # the first sighting of each track included
+    for t in tracks:
+        assert [p.time for p in t.points] == sorted(p.time for p in t.points)
+        assert t.points[0].time == 0.0 and t.points[-1].time == pytest.approx(CROSSING.times()[-1])
+    # through the crossing each track keeps its square: its boxes stay on one line (y 50 or 54)
+    for t in tracks:
+        assert len({round(p.box[1]) // 2 for p in t.points}) <= 2
+
+
+def test_occlusion_shorter_than_lost_seconds_is_one_track() -> None:
+    frames = gt_detections(OCCLUSION)
+    hidden = [t for t, _, d in frames if not d and 0 < t < 3]
+    assert 0 < len(hidden) * (1 / FPS) < 1.0  # the pillar hides the square for a while, under a second
+    assert distinct_counts(_associate(frames, lost_seconds=1.0).tracks(), ["square"], 3) == {"square": 1}
+    # a tracker that forgets a track sooner counts the square again after the pillar
+    assert distinct_counts(_associate(frames, lost_seconds=0.2).tracks(), ["square"], 3) == {"square": 2}
+
+
+def test_leaving_and_reentering_after_lost_seconds_is_a_new_track() -> None:
+    frames = gt_detections(REENTRY)
+    gone = [t for t, _, d in frames if len(d) == 1]
+    assert max(gone) - min(gone) > 1.0  # a is away for longer than lost_seconds
+    tracks = _associate(frames, lost_seconds=1.0).tracks()
+    assert distinct_counts(tracks, ["square"], 3) == {"square": 3}  # a's two visits and b
+    a_seen = [t for t, _, d in frames if any(x.box[1] == 20.0 for x in d)]  # a's boxes are at y = 20
+    visits = [sum(1 for t in a_seen if t < 2), sum(1 for t in a_seen if t > 2)]
+    assert sorted(len(t.points) for t in tracks) == sorted([*visits, len(frames)])
+
+
+def test_unconfirmed_tracks_are_never_counted() -> None:
+    clean = gt_detections(CROSSING, noise=1, seed=2)
+    noisy = gt_detections(CROSSING, noise=1, seed=2, flicker=6)
+    tracks = _associate(noisy).tracks()
+    keep, drop = confirmed(tracks, 3)
+    assert distinct_counts(tracks, ["square"], 3) == distinct_counts(_associate(clean).tracks(), ["square"], 3) == {"square": 2}
+    assert len(drop) >= 4 and all(len(t.points) == 2 for t in drop)  # the two-frame flickers
+    # counting every tracker id would inflate the count several times over
+    assert distinct_counts(tracks, ["square"], 1)["square"] >= 3 * 2
+
+
+def test_frames_must_come_in_time_order() -> None:
+    assoc = Associator(["square"], TrackerSettings(frame_rate=FPS))
+    assoc.update(1.0, 10, [])
+    with pytest.raises(ValueError, match="time order"):
+        assoc.update(0.5, 5, [])
+
+
+# -- sampling plan and the frame iterator -------------------------------------------------------
+def test_sampling_plan_budget() -> None:
+    inp = TrackInput(video="vid_0", labels=["person"], max_frames=50)
+    plan = plan_sampling(20.0, 10.0, 200, inp)
+    assert plan.sampled_down and plan.fps == pytest.approx(2.5) and plan.expected == 50
+    assert not plan_sampling(4.0, 10.0, 40, inp).sampled_down
+    with pytest.raises(ToolError, match="more than max_frames .*lower fps"):
+        plan_sampling(20.0, 10.0, 200, TrackInput(video="vid_0", labels=["person"], fps=5, max_frames=50))
+    with pytest.raises(ToolError, match="past the end"):
+        plan_sampling(3.0, 10.0, 30, TrackInput(video="vid_0", labels=["person"], start=5))
+    ranged = plan_sampling(20.0, 10.0, 200, TrackInput(video="vid_0", labels=["person"], start=2, end=4, stride=2))
+    assert (ranged.start, ranged.end, ranged.expected, ranged.rate) == (2, 4, 10, 5.0)
+    with pytest.raises(ValueError, match="fps or stride"):
+        TrackInput(video="vid_0", labels=["person"], fps=2, stride=2)
+    with pytest.raises(ValueError, match="after start"):
+        TrackInput(video="vid_0", labels=["person"], start=3, end=2)
+
+
+def test_iter_frames_streams_by_time(tmp_path: Path) -> None:
+    path = str(write_video(tmp_path / "v.mp4", [i / 10 for i in range(30)]))
+    five = list(iter_frames(path, fps=5))
+    assert [f.timestamp for f in five] == pytest.approx([i / 5 for i in range(15)])
+    assert [f.index for f in five] == [frame_index(f.image) for f in five] == list(range(0, 30, 2))
+    ranged = list(iter_frames(path, stride=4, start=1.05, end=2.5))
+    assert [frame_index(f.image) for f in ranged] == [f.index for f in ranged] == [11, 15, 19, 23]
+    assert [f.index for f in iter_frames(path, start=2.0, max_frames=3)] == [20, 21, 22]
+    assert list(iter_frames(path, start=10.0)) == []
+    with pytest.raises(ValueError, match="not both"):
+        iter_frames(path, fps=1, stride=2)
+
+
+# -- the whole tool on the tiny detector --------------------------------------------------------
+@pytest.fixture(scope="module")
+def crossing_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return CROSSING.write(tmp_path_factory.mktemp("track") / "crossing.mp4")
+
+
+ARGS = {"video": "vid_0", "labels": ["square"], "fps": 5, "box_threshold": 0.0, "track_threshold": 0.0, "min_track_length": 2}
+
+
+def test_track_tool_through_the_agent(make_agent, crossing_video: Path) -> None:
+    plan = [{"tool": "track", "args": ARGS}, {"final": "1 square passed [trk_1_0]", "evidence": ["trk_1_0"]}]
+    run = make_agent(plan).stream("How many squares passed?", [str(crossing_video)])
+    answer = run.result()
+    step = tool_steps(answer)[0]
+    assert step.tool == "track", answer.trace.steps
+    out = TrackOutput.model_validate(step.output)
+    assert out.frames == 15 and out.fps == 5 and (out.width, out.height) == (W, H)
+    assert out.count == len(out.tracks) == sum(out.counts.values()) and set(out.counts) == {"square"}
+    assert out.min_track_length == 2 and all(len(t.points) >= 2 for t in out.tracks)
+    assert out.tracker.startswith("ByteTrack (trackers ")
+    for i, t in enumerate(out.tracks):
+        assert t.id == f"trk_1_{i}" and t.image == "vid_0" and t.label == "square"
+        times = [p.time for p in t.points]
+        assert times == sorted(times) and (t.first_seen, t.last_seen) == (times[0], times[-1])
+        assert all(p.frame == round(p.time * FPS) and p.frame % 2 == 0 for p in t.points)
+        assert t.box == t.points[0].box and t.mean_score == pytest.approx(np.mean([p.score for p in t.points]), abs=1e-3)
+    firsts = [t.first_seen for t in out.tracks]
+    assert firsts == sorted(firsts)
+    for text in ("box_threshold 0", "track_threshold 0", "lost_seconds 1", f"distinct {out.count} 'square'", "shorter track"):
+        assert text in step.observation
+    assert out.tracks, step.observation  # the tiny detector's (random, fixed) boxes repeat on similar frames
+    assert answer.ok, answer.error
+    ev = answer.evidence[0]  # the cited track resolves to its boxes over time
+    assert ev.id == "trk_1_0" and ev.tool == "track" and len(ev.region["points"]) == len(out.tracks[0].points)
+    assert isinstance(run.session.region("trk_1_0"), TrackRegion)
+
+
+def test_track_tool_errors(make_agent, crossing_video: Path) -> None:
+    plan = [
+        {"tool": "track", "args": {**ARGS, "fps": None, "stride": 1, "max_frames": 5}},
+        {"tool": "track", "args": {**ARGS, "start": 9.0}},
+        {"final": "no idea"},
+    ]
+    answer = make_agent(plan).stream("How many squares passed?", [str(crossing_video)]).result()
+    errors = [s.message for s in answer.trace.steps if s.type == "error"]
+    assert any("more than max_frames (5)" in m for m in errors), errors
+    assert any("past the end of the video" in m for m in errors), errors
