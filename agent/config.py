@@ -40,6 +40,7 @@ _CHECKPOINTS: dict[str, tuple[str, str]] = {
     "segment": ("facebook/sam-vit-base", "tiny:sam"),
     "search": ("openai/clip-vit-large-patch14", "tiny:clip"),
     "video": ("LanguageBind/Video-LLaVA-7B-hf", "tiny:video-llava"),
+    "video_segment": ("facebook/sam2.1-hiera-small", "tiny:sam2-video"),
 }
 _BUILTIN = {"ocr": {"checkpoint": "builtin", "backend": "rapidocr"}}
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {f: {"checkpoint": real} for f, (real, _) in _CHECKPOINTS.items()} | _BUILTIN
@@ -47,7 +48,12 @@ TINY_MODELS: dict[str, dict[str, Any]] = {f: {"checkpoint": tiny} for f, (_, tin
 
 
 class ModelConfig(BaseModel):
-    """One model family's settings. ``checkpoint``: Hub id, local folder/file, ``tiny:NAME`` or ``builtin``."""
+    """One model family's settings. ``checkpoint``: Hub id, local folder/file, ``tiny:NAME`` or ``builtin``.
+
+    Batching (families whose tools batch: detect, caption, vqa, search, segment): concurrent calls
+    to the model from different runs are gathered into one forward of at most ``max_batch`` items
+    (1 disables batching); a forward's leader waits at most ``batch_wait_ms`` for calls other runs
+    have announced, never when nothing else is in flight (``visagent.batching``)."""
 
     model_config = ConfigDict(extra="forbid")
     checkpoint: str
@@ -56,6 +62,8 @@ class ModelConfig(BaseModel):
     device: str | None = None  # None: the global device
     dtype: str | None = None  # None: the global dtype
     options: dict[str, Any] = Field(default_factory=dict)
+    max_batch: int = Field(8, ge=1, le=1024)  # most items in one batched forward; 1: no batching
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000)  # how long a forward may wait for announced calls
 
 
 class PromptSettings(BaseModel):

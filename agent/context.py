@@ -1,5 +1,15 @@
 """CallContext: what a tool sees while it runs (media, regions, models, progress); Models: the
-configured checkpoints served from the pool."""
+configured checkpoints served from the pool.
+
+Two ways for a tool to use a model:
+
+- ``with ctx.model(family) as bundle:`` — the loaded bundle, its lock held for the whole block
+  (tools that drive a model through many steps, e.g. a gallery index or a video).
+- ``with ctx.batched(family) as m: m.submit("detect_many", request)`` — the call goes through the
+  model's batcher (``visagent.batching``): concurrent calls from other runs are gathered into one
+  forward of at most ``models.<family>.max_batch`` items; ``m.model`` is the bundle for reading
+  attributes only (``kind``, ``backend``), not for running it.
+"""
 
 from __future__ import annotations
 
@@ -57,8 +67,7 @@ class Models:
                 )
             return self._resolved[cache_key]
 
-    @contextmanager
-    def use(self, family: str) -> Iterator[Any]:
+    def _loader(self, family: str) -> tuple[ModelKey, Callable[[], Any]]:
         from visagent.registry import load_model_modules
         from visagent.tools.models import loader_for
 
@@ -74,8 +83,50 @@ class Models:
         def load() -> Any:
             return loader(self.resolve(family), key.device, torch_dtype(key.dtype), dict(mc.options))
 
+        return key, load
+
+    @contextmanager
+    def use(self, family: str) -> Iterator[Any]:
+        key, load = self._loader(family)
         with self.pool.use(key, load) as model:
             yield model
+
+    @contextmanager
+    def batched(self, family: str, alive: Callable[[], bool] | None = None) -> Iterator["BatchedModel"]:
+        """Announce a call to ``family``'s batcher for the block (see ``visagent.batching``) and
+        yield a ``BatchedModel`` to submit items with."""
+        key, load = self._loader(family)
+        handle = BatchedModel(self, family, key, load, alive)
+        with self.pool.batch_group(key).expect():
+            yield handle
+
+
+class BatchedModel:
+    """One call's door to a model's batchers: ``submit(op, item)`` runs ``bundle.<op>([item, ...])``
+    in a gathered forward and returns this item's result; ``model``: the loaded bundle (attributes
+    only — running it directly bypasses the batcher and the model lock)."""
+
+    def __init__(self, models: Models, family: str, key: ModelKey, load: Callable[[], Any], alive: Callable[[], bool] | None) -> None:
+        self.family = family
+        self.key = key
+        self._models = models
+        self._load = load
+        self._alive = alive
+
+    @property
+    def model(self) -> Any:
+        return self._models.pool.peek(self.key, self._load)
+
+    def submit(self, op: str, item: Any) -> Any:
+        pool, key, load = self._models.pool, self.key, self._load
+        mc = self._models.config.model(self.family)
+
+        def run(items: list[Any]) -> list[Any]:
+            with pool.use(key, load) as bundle:
+                return list(getattr(bundle, op)(items))
+
+        batcher = pool.batcher(key, op, run, max_batch=mc.max_batch, batch_wait_ms=mc.batch_wait_ms)
+        return batcher.submit(item, self._alive)
 
 
 class CallContext:
@@ -142,6 +193,18 @@ class CallContext:
             self.models.append(checkpoint)
         with self.models_.use(family) as bundle:
             yield bundle
+
+    @contextmanager
+    def batched(self, family: str) -> Iterator[BatchedModel]:
+        """``with ctx.batched("detect") as m: m.submit("detect_many", request)`` — the call goes
+        through the family's batcher, gathered with concurrent calls of other runs; a call that is
+        over (timed out) is dropped from the queue."""
+        self._live()
+        _, _, checkpoint = self.models_.key(family)
+        if checkpoint not in self.models:
+            self.models.append(checkpoint)
+        with self.models_.batched(family, alive=lambda: not self.closed) as handle:
+            yield handle
 
     def model_key(self, family: str) -> ModelKey:
         return self.models_.key(family)[0]

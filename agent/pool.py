@@ -3,6 +3,9 @@
 - Lazy: a model loads on first use, keyed by (family, checkpoint, device, dtype); concurrent
   first uses load it once.
 - A lock per model: ``with pool.use(key, loader) as model:`` holds it for the duration of a call.
+- Batchers per model and operation (``pool.batcher(key, op, run)``, ``visagent.batching``): concurrent
+  calls gathered into one forward; the batch's ``run`` holds the model through ``use`` while it runs.
+  ``stats()`` reports them per model (``batching``: batches, items, mean / max size, size histogram).
 - A memory budget (bytes) with least-recently-used eviction; a model in use is never evicted.
   Size = bytes of parameters and buffers (and the CUDA memory the load took, where larger).
 """
@@ -119,6 +122,8 @@ class ModelPool:
         self._lock = threading.Lock()
         self.evictions = 0
         self._listeners: list[Callable[[str, ModelKey, dict[str, Any]], None]] = []
+        self._batchers: dict[ModelKey, dict[str, Any]] = {}
+        self._groups: dict[ModelKey, Any] = {}
 
     def add_listener(self, fn: Callable[[str, ModelKey, dict[str, Any]], None]) -> None:
         """Call ``fn(event, key, info)`` around loads: ``"loading"`` (info ``{}``), then ``"loaded"``
@@ -146,6 +151,14 @@ class ModelPool:
         finally:
             with self._lock:
                 entry.users -= 1
+
+    def peek(self, key: ModelKey, loader: Callable[[], Any]) -> Any:
+        """The loaded model (loading it if needed) without waiting for its lock: for reading its
+        attributes while a batch may be running on it."""
+        entry = self._acquire(key, loader)
+        with self._lock:
+            entry.users -= 1
+        return entry.value
 
     def get(self, key: ModelKey, loader: Callable[[], Any]) -> Any:
         """The loaded model, without holding its lock (for callers that lock themselves)."""
@@ -232,6 +245,57 @@ class ModelPool:
         if victims:
             _free_memory()
 
+    # -- batching ----------------------------------------------------------------------------
+    def batch_group(self, key: ModelKey) -> Any:
+        """The ``visagent.batching.BatchGroup`` of ``key`` (shared by its operations' batchers)."""
+        from visagent.batching import BatchGroup
+
+        with self._lock:
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = BatchGroup()
+            return group
+
+    def batcher(self, key: ModelKey, op: str, run: Callable[[list[Any]], list[Any]], *, max_batch: int, batch_wait_ms: float) -> Any:
+        """The ``visagent.batching.Batcher`` of operation ``op`` of model ``key``, made on first use
+        with ``run(items) -> results`` (which must hold the model with ``use`` while it runs); later
+        calls update its limits. Batchers outlive an eviction: the next batch loads the model again."""
+        from visagent.batching import Batcher
+
+        group = self.batch_group(key)
+        with self._lock:
+            ops = self._batchers.setdefault(key, {})
+            b = ops.get(op)
+            if b is None:
+                b = ops[op] = Batcher(run, max_batch=max_batch, batch_wait_ms=batch_wait_ms, group=group, name=f"{key} {op}")
+                return b
+        if b.max_batch != max_batch or b.batch_wait_ms != batch_wait_ms:
+            b.configure(max_batch, batch_wait_ms)
+        return b
+
+    def batch_stats(self, key: ModelKey | None = None) -> dict[str, Any]:
+        """Batch statistics of one model (all its operations together, and ``ops`` per operation),
+        or, without ``key``, of every model that has batched: ``{str(key): stats}``."""
+        from visagent.batching import merge_stats
+
+        with self._lock:
+            items = list(self._batchers.items())
+        out: dict[str, Any] = {}
+        for k, ops in items:
+            if key is not None and k != key:
+                continue
+            per_op = {op: b.stats() for op, b in ops.items()}
+            out[str(k)] = merge_stats(list(per_op.values())) | {"ops": per_op}
+        if key is not None:
+            return out.get(str(key), {})
+        return out
+
+    def reset_batch_stats(self) -> None:
+        with self._lock:
+            batchers = [b for ops in self._batchers.values() for b in ops.values()]
+        for b in batchers:
+            b.reset_stats()
+
     # -- inspection --------------------------------------------------------------------------
     def resident(self, key: ModelKey) -> bool:
         with self._lock:
@@ -267,7 +331,12 @@ class ModelPool:
             self.evict(key)
 
     def stats(self) -> dict[str, Any]:
-        """``{budget_bytes, used_bytes, evictions, models: [{key, bytes, loads, uses, load_ms, in_use}]}``."""
+        """``{budget_bytes, used_bytes, evictions, models: [{key, bytes, loads, uses, load_ms, in_use,
+        batching?}], batching: {batches, items, mean_size, max_size, sizes}}``; ``batching`` (per model,
+        when it has batched) is ``batch_stats(key)``, the top-level one all models together."""
+        from visagent.batching import merge_stats
+
+        batching = self.batch_stats()
         with self._lock:
             models = [
                 {
@@ -285,11 +354,15 @@ class ModelPool:
                 for e in self._entries.values()
                 if e.loaded.is_set() and e.error is None
             ]
+        for m in models:
+            if m["key"] in batching:
+                m["batching"] = batching[m["key"]]
         return {
             "budget_bytes": self.budget_bytes,
             "used_bytes": sum(m["bytes"] for m in models),
             "evictions": self.evictions,
             "models": models,
+            "batching": merge_stats(list(batching.values())),
         }
 
 

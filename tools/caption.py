@@ -13,6 +13,13 @@ Options (``models.caption.options`` / ``models.vqa.options``): ``max_new_tokens`
 vqa 10), ``num_beams`` (1), ``instruction`` (InstructBLIP's caption instruction when no prompt is
 given; default "A short image description:").
 
+Batching: ``generate_many(requests)`` generates for many ``GenerateRequest`` s (image + prompt) of
+concurrent calls; ``generate`` is its batch of one. Requests whose model inputs have the same shapes
+(images are resized to the processor's fixed size; prompts of the same token length) share one
+``generate`` call. Prompts are never padded: BLIP's VQA decoder attends to every question token and
+decoder-only models continue right after the prompt, so padding would change the answers; grouping
+keeps batched answers equal to unbatched ones.
+
 Tiny random checkpoints of every architecture (``tiny:blip``, ``tiny:blip-vqa``, ``tiny:blip2``,
 ``tiny:instructblip``, ``tiny:git``) are built by ``visagent.tools.tiny.caption``.
 """
@@ -27,7 +34,7 @@ from pydantic import Field
 
 from visagent.errors import ToolError
 from visagent.tools.base import NonEmptyStr, Tool, ToolInput, ToolOutput, clip_text
-from visagent.tools.models import checked_config, register_loader, to_device
+from visagent.tools.models import batched, checked_config, register_loader, to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -86,6 +93,22 @@ class Captioner(Protocol):
 
     def generate(self, image: "Image.Image", prompt: str | None = None) -> str: ...
 
+    def generate_many(self, requests: list["GenerateRequest"]) -> list[str]: ...
+
+
+@dataclass
+class GenerateRequest:
+    """One generation: ``image`` (PIL, any mode) and an optional ``prompt`` (for vqa:
+    ``vqa_prompt(kind, question)``)."""
+
+    image: "Image.Image"
+    prompt: str | None = None
+
+
+def vqa_prompt(kind: str, question: str) -> str:
+    """The prompt a vqa question becomes: the question itself for BLIP, else ``VQA_PROMPT``."""
+    return question if kind == "blip" else VQA_PROMPT.format(question=question)
+
 
 @dataclass
 class BlipCaptioner:
@@ -109,19 +132,36 @@ class BlipCaptioner:
         return self.processor(images=image, return_tensors="pt")
 
     def generate(self, image: "Image.Image", prompt: str | None = None) -> str:
+        return self.generate_many([GenerateRequest(image, prompt)])[0]
+
+    def generate_many(self, requests: list[GenerateRequest]) -> list[str]:
+        """Decoded text per request (prompt removed), same order; one ``generate`` per group of
+        requests whose inputs have the same shapes."""
         import torch
 
         max_new = int(self.options.get("max_new_tokens", 10 if self.task == "vqa" else 30))
         gen: dict[str, Any] = {"max_new_tokens": max_new, "num_beams": int(self.options.get("num_beams", 1))}
-        with torch.inference_mode():
-            raw = self._inputs(image.convert("RGB"), prompt)
-            inputs = to_device({k: v for k, v in raw.items() if hasattr(v, "to")}, self.device, self.dtype)
-            seq = self.model.generate(**inputs, **gen)[0]
-        if self.echoes_prompt and "input_ids" in inputs:
-            n = inputs["input_ids"].shape[1]
-            if seq.shape[0] >= n and torch.equal(seq[:n].cpu(), inputs["input_ids"][0].cpu()):
-                seq = seq[n:]
-        return self.processor.tokenizer.decode(seq, skip_special_tokens=True).strip()
+        prepared = []
+        for r in requests:
+            raw = self._inputs(r.image.convert("RGB"), r.prompt)
+            prepared.append({k: v for k, v in raw.items() if hasattr(v, "to")})
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, inp in enumerate(prepared):
+            groups.setdefault(tuple((k, tuple(v.shape)) for k, v in sorted(inp.items())), []).append(i)
+        texts: list[str] = [""] * len(requests)
+        for members in groups.values():
+            batch = {k: torch.cat([prepared[i][k] for i in members]) for k in prepared[members[0]]}
+            with torch.inference_mode():
+                inputs = to_device(batch, self.device, self.dtype)
+                seqs = self.model.generate(**inputs, **gen)
+            for row, i in enumerate(members):
+                seq = seqs[row]
+                if self.echoes_prompt and "input_ids" in inputs:
+                    n = inputs["input_ids"].shape[1]
+                    if seq.shape[0] >= n and torch.equal(seq[:n].cpu(), inputs["input_ids"][row].cpu()):
+                        seq = seq[n:]
+                texts[i] = self.processor.tokenizer.decode(seq, skip_special_tokens=True).strip()
+        return texts
 
 
 @dataclass
@@ -223,8 +263,8 @@ class Caption(Tool):
 
     def run(self, inp: CaptionInput, ctx: Any) -> CaptionOutput:  # noqa: D102
         image = ctx.image(inp.image)
-        with ctx.model("caption") as bundle:
-            text = bundle.generate(image, inp.prompt)
+        with batched(ctx, "caption") as m:
+            text = m.submit("generate_many", GenerateRequest(image, inp.prompt))
         return CaptionOutput(image=inp.image, caption=text, prompt=inp.prompt)
 
 
@@ -235,7 +275,6 @@ class Vqa(Tool):
 
     def run(self, inp: VqaInput, ctx: Any) -> VqaOutput:  # noqa: D102
         image = ctx.image(inp.image)
-        with ctx.model("vqa") as bundle:
-            prompt = inp.question if bundle.kind == "blip" else VQA_PROMPT.format(question=inp.question)
-            answer = bundle.generate(image, prompt)
+        with batched(ctx, "vqa") as m:
+            answer = m.submit("generate_many", GenerateRequest(image, vqa_prompt(m.model.kind, inp.question)))
         return VqaOutput(image=inp.image, question=inp.question, answer=answer)

@@ -30,6 +30,14 @@ limit per caption), official backend only: ``config`` (config .py), ``text_encod
 folder), ``image_size`` / ``max_size`` (shorter / longer side of the resized image; default the
 config's ``image_size`` / ``max_size``, else 800 / 1333), ``weights_only`` (true).
 
+Batching: ``detect_many(requests)`` runs many ``DetectRequest`` s (images and label lists of
+concurrent calls) together; ``detect`` is its batch of one. Grounding DINO: every (image, caption)
+pair is a row; rows whose images resize to the same pixel size share one forward (captions padded
+to the longest), images of other sizes get their own forward — pixels are never padded, so results
+equal those of unbatched calls (within float tolerance). OWLv2 resizes every image to one square
+size: all requests share one forward, each image's label list padded to the longest (padding
+queries are dropped before scoring). Each request is post-processed with its own image size.
+
 ``count``: detection of one label, then non-maximum suppression (``torchvision.ops.nms``, IoU
 ``nms_iou``), then the number of kept boxes.
 
@@ -52,7 +60,7 @@ from pydantic import Field, field_validator
 
 from visagent.errors import ToolError
 from visagent.tools.base import Prob, Region, Tool, ToolInput, ToolOutput, clip_text
-from visagent.tools.models import autocast, checked_config, register_loader, to_device
+from visagent.tools.models import autocast, batched, checked_config, register_loader, to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -254,8 +262,21 @@ def plan_chunks(tokenizer: Any, labels: list[str], max_len: int) -> list[Chunk]:
     return chunks
 
 
+@dataclass
+class DetectRequest:
+    """One detection: ``image`` (PIL, any mode; converted to RGB), ``labels`` (cleaned, as
+    ``DetectInput`` leaves them), thresholds in [0, 1]."""
+
+    image: "Image.Image"
+    labels: list[str]
+    box_threshold: float = DEFAULT_BOX_THRESHOLD
+    text_threshold: float = DEFAULT_TEXT_THRESHOLD
+
+
 class Detector(Protocol):
-    """What the detect tools need of a loaded open-vocabulary detector (one class per backend)."""
+    """What the detect tools need of a loaded open-vocabulary detector (one class per backend).
+    ``detect_many(requests)`` -> one detection list per request (same order); ``detect`` is its
+    batch of one."""
 
     backend: str  # "transformers" or "official"
     kind: str  # "grounding-dino" or "owlv2"
@@ -265,6 +286,8 @@ class Detector(Protocol):
     def detect(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
         """Detections of ``labels`` in ``image``, best first, at most ``options.max_detections``."""
         ...
+
+    def detect_many(self, requests: list[DetectRequest]) -> list[list[RawDetection]]: ...
 
 
 @dataclass
@@ -284,15 +307,24 @@ class _DetectorBase:
         return int(self.options.get("max_detections", DEFAULT_MAX_DETECTIONS))
 
     def detect(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
+        return self.detect_many([DetectRequest(image, list(labels), box_threshold, text_threshold)])[0]
+
+    def detect_many(self, requests: list[DetectRequest]) -> list[list[RawDetection]]:
+        """Detections per request, best first, at most ``options.max_detections`` each."""
         import torch
 
-        image = image.convert("RGB")
+        if not requests:
+            return []
+        requests = [DetectRequest(r.image.convert("RGB"), list(r.labels), r.box_threshold, r.text_threshold) for r in requests]
         with torch.inference_mode(), autocast(self.device, self.dtype, enabled=self.backend == "official"):
-            found = self._find(image, labels, box_threshold, text_threshold)
-        found.sort(key=lambda d: -d.score)
-        return found[: self.max_detections]
+            found_all = self._find_many(requests)
+        out = []
+        for found in found_all:
+            found.sort(key=lambda d: -d.score)
+            out.append(found[: self.max_detections])
+        return out
 
-    def _find(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
+    def _find_many(self, requests: list[DetectRequest]) -> list[list[RawDetection]]:
         raise NotImplementedError
 
 
@@ -304,27 +336,46 @@ class _GroundingDino(_DetectorBase):
     max_text_len: int = 256
     kind: ClassVar[str] = "grounding-dino"
 
-    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
-        """One batched forward of ``image`` with each caption. Returns (probs (B, Q, T) float32,
-        boxes (B, Q, 4) normalized cxcywh float32, input_ids (B, T') as the model tokenized them)."""
+    def pixels(self, image: "Image.Image") -> "torch.Tensor":
+        """The model's input pixels of ``image``: (3, h, w) float32 (resized, normalized)."""
         raise NotImplementedError
 
-    def _find(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
-        chunks = plan_chunks(self.tokenizer, labels, self.max_text_len)
-        probs, boxes, input_ids = self.grounding_forward(image, [c.caption for c in chunks])
-        width, height = image.size
-        found: list[RawDetection] = []
-        for b, chunk in enumerate(chunks):
-            got = input_ids[b, : len(chunk.input_ids)].tolist()
-            if got != chunk.input_ids:
-                raise ToolError(
-                    f"detect: the tokenizer of {self.checkpoint} split {chunk.caption!r} unexpectedly; "
-                    "it needs a BERT-style tokenizer"
-                )
-            keep, names, scores = assign_labels(probs[b], chunk.spans, chunk.labels, box_threshold, text_threshold)
-            xyxy = cxcywh_to_xyxy_pixels(boxes[b][keep], width, height)
-            for name, score, box in zip(names, scores.tolist(), xyxy.tolist()):
-                found.append(RawDetection(name, [round(v, 2) for v in box], float(score)))
+    def forward_rows(self, pixels: "torch.Tensor", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """One forward of ``pixels`` (B, 3, h, w) with ``captions`` (B), row by row. Returns (probs
+        (B, Q, T) float32, boxes (B, Q, 4) normalized cxcywh float32, input_ids (B, T') as the
+        model tokenized them)."""
+        raise NotImplementedError
+
+    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """One batched forward of ``image`` with each caption (see ``forward_rows``)."""
+        return self.forward_rows(self.pixels(image)[None].expand(len(captions), -1, -1, -1), captions)
+
+    def _find_many(self, requests: list[DetectRequest]) -> list[list[RawDetection]]:
+        import torch
+
+        pixels = [self.pixels(r.image) for r in requests]
+        rows = [(i, c) for i, r in enumerate(requests) for c in plan_chunks(self.tokenizer, r.labels, self.max_text_len)]
+        groups: dict[tuple[int, ...], list[int]] = {}  # rows by input pixel size: one forward each
+        for n, (i, _) in enumerate(rows):
+            groups.setdefault(tuple(pixels[i].shape), []).append(n)
+        found: list[list[RawDetection]] = [[] for _ in requests]
+        for members in groups.values():
+            batch = torch.stack([pixels[rows[n][0]] for n in members])
+            probs, boxes, input_ids = self.forward_rows(batch, [rows[n][1].caption for n in members])
+            for b, n in enumerate(members):
+                i, chunk = rows[n]
+                r = requests[i]
+                got = input_ids[b, : len(chunk.input_ids)].tolist()
+                if got != chunk.input_ids:
+                    raise ToolError(
+                        f"detect: the tokenizer of {self.checkpoint} split {chunk.caption!r} unexpectedly; "
+                        "it needs a BERT-style tokenizer"
+                    )
+                keep, names, scores = assign_labels(probs[b], chunk.spans, chunk.labels, r.box_threshold, r.text_threshold)
+                width, height = r.image.size
+                xyxy = cxcywh_to_xyxy_pixels(boxes[b][keep], width, height)
+                for name, score, box in zip(names, scores.tolist(), xyxy.tolist()):
+                    found[i].append(RawDetection(name, [round(v, 2) for v in box], float(score)))
         return found
 
 
@@ -334,9 +385,16 @@ class GroundingDinoTransformers(_GroundingDino):
 
     processor: Any = None
 
-    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    def pixels(self, image: "Image.Image") -> "torch.Tensor":
+        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def forward_rows(self, pixels: "torch.Tensor", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        import torch
+
         self.forwards += 1
-        inputs = self.processor(images=[image] * len(captions), text=captions, padding="longest", return_tensors="pt")
+        inputs = dict(self.processor.tokenizer(captions, padding="longest", return_tensors="pt"))
+        inputs["pixel_values"] = pixels
+        inputs["pixel_mask"] = torch.ones((pixels.shape[0], *pixels.shape[2:]), dtype=torch.long)
         out = self.model(**to_device(inputs, self.device, self.dtype))
         return out.logits.float().sigmoid().cpu(), out.pred_boxes.float().cpu(), inputs["input_ids"].cpu()
 
@@ -349,14 +407,13 @@ class GroundingDinoOfficial(_GroundingDino):
     max_size: int = OFFICIAL_MAX_SIZE
     backend: ClassVar[str] = "official"
 
-    def grounding_forward(self, image: "Image.Image", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    def forward_rows(self, pixels: "torch.Tensor", captions: list[str]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         self.forwards += 1
-        batch = self._official_pixels(image).to(self.device)[None].expand(len(captions), -1, -1, -1)
-        out = self.model(batch, captions=captions)
+        out = self.model(pixels.to(self.device), captions=captions)
         input_ids = self.tokenizer(captions, padding="longest", return_tensors="pt")["input_ids"]
         return out["pred_logits"].float().sigmoid().cpu(), out["pred_boxes"].float().cpu(), input_ids.cpu()
 
-    def _official_pixels(self, image: "Image.Image") -> "torch.Tensor":
+    def pixels(self, image: "Image.Image") -> "torch.Tensor":
         import groundingdino.datasets.transforms as T
 
         transform = T.Compose(
@@ -373,23 +430,30 @@ class Owlv2Detector(_DetectorBase):
     processor: Any = None
     kind: ClassVar[str] = "owlv2"
 
-    def _find(self, image: "Image.Image", labels: list[str], box_threshold: float, text_threshold: float) -> list[RawDetection]:
+    def _find_many(self, requests: list[DetectRequest]) -> list[list[RawDetection]]:
         self.forwards += 1
         max_len = int(self.model.config.text_config.max_position_embeddings)
+        width_q = max(len(r.labels) for r in requests)
+        # every image gets the same number of queries; the padding queries are cut off below
+        text = [list(r.labels) + [" "] * (width_q - len(r.labels)) for r in requests]
         inputs = self.processor(
-            text=[labels], images=image, return_tensors="pt", padding="max_length", truncation=True, max_length=max_len
-        )
+            text=text, images=[r.image for r in requests], return_tensors="pt", padding="max_length", truncation=True,
+            max_length=max_len,
+        )  # fmt: skip
         out = self.model(**to_device(inputs, self.device, self.dtype))
-        probs = out.logits[0].float().sigmoid().cpu()  # (patches, labels)
-        scores, best = probs.max(dim=1)
-        keep = (scores > box_threshold).nonzero().flatten()
-        width, height = image.size
-        side = float(max(width, height))  # OWLv2 pads the image to a square (bottom / right)
-        xyxy = cxcywh_to_xyxy_pixels(out.pred_boxes[0].float().cpu()[keep], width, height, scale=(side, side))
-        return [
-            RawDetection(labels[int(best[i])], [round(v, 2) for v in box], float(scores[i]))
-            for i, box in zip(keep.tolist(), xyxy.tolist())
-        ]
+        found = []
+        for b, r in enumerate(requests):
+            probs = out.logits[b, :, : len(r.labels)].float().sigmoid().cpu()  # (patches, labels)
+            scores, best = probs.max(dim=1)
+            keep = (scores > r.box_threshold).nonzero().flatten()
+            width, height = r.image.size
+            side = float(max(width, height))  # OWLv2 pads the image to a square (bottom / right)
+            xyxy = cxcywh_to_xyxy_pixels(out.pred_boxes[b].float().cpu()[keep], width, height, scale=(side, side))
+            found.append([
+                RawDetection(r.labels[int(best[i])], [round(v, 2) for v in box], float(scores[i]))
+                for i, box in zip(keep.tolist(), xyxy.tolist())
+            ])  # fmt: skip
+        return found
 
 
 # -- loaders ---------------------------------------------------------------------------------
@@ -543,8 +607,8 @@ class Detect(Tool):
 
     def run(self, inp: DetectInput, ctx: Any) -> DetectOutput:  # noqa: D102
         image = ctx.image(inp.image)
-        with ctx.model(FAMILY) as bundle:
-            found = bundle.detect(image, inp.labels, inp.box_threshold, inp.text_threshold)
+        with batched(ctx, FAMILY) as m:
+            found = m.submit("detect_many", DetectRequest(image, inp.labels, inp.box_threshold, inp.text_threshold))
         return DetectOutput(
             image=inp.image,
             width=image.width,
@@ -577,8 +641,8 @@ class Count(Detect):
 
     def run(self, inp: CountInput, ctx: Any) -> CountOutput:  # noqa: D102
         image = ctx.image(inp.image)
-        with ctx.model(FAMILY) as bundle:
-            found = bundle.detect(image, [inp.label], inp.box_threshold, inp.text_threshold)
+        with batched(ctx, FAMILY) as m:
+            found = m.submit("detect_many", DetectRequest(image, [inp.label], inp.box_threshold, inp.text_threshold))
         kept = nms_keep(found, inp.nms_iou)
         detections = _regions(ctx, inp.image, kept)
         return CountOutput(

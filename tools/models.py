@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,27 @@ def autocast(device: str, dtype: Any, enabled: bool = True) -> Any:
 def to_device(inputs: Any, device: str, dtype: Any) -> dict[str, Any]:
     """A processor's tensors on ``device``; floating-point ones also cast to ``dtype``."""
     return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+
+
+class _Direct:
+    """``batched`` for a context without batchers: each item is a batch of one under the model lock."""
+
+    def __init__(self, bundle: Any) -> None:
+        self.model = bundle
+
+    def submit(self, op: str, item: Any) -> Any:
+        return getattr(self.model, op)([item])[0]
+
+
+@contextmanager
+def batched(ctx: Any, family: str) -> Iterator[Any]:
+    """``with batched(ctx, "detect") as m: m.submit("detect_many", request)``: through the context's
+    batcher (``ctx.batched``, calls of concurrent runs gathered into one forward) where it has one,
+    else ``bundle.<op>([request])[0]`` under ``ctx.model(family)``. ``m.model``: the loaded bundle
+    (read its attributes; run it only through ``submit``)."""
+    if hasattr(ctx, "batched"):
+        with ctx.batched(family) as handle:
+            yield handle
+    else:
+        with ctx.model(family) as bundle:
+            yield _Direct(bundle)

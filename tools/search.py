@@ -13,6 +13,14 @@ Later searches reuse it and update it incrementally: new and changed files are e
 files dropped. Images are decoded by a small thread pool one batch ahead of the model, embedded in
 batches (``options.batch_size``, default 64 on a GPU, 16 on the CPU; ``options.workers`` decoding
 threads, default min(8, CPUs)), with progress reported per batch. Files are recognized as images by content (magic bytes), not by extension.
+
+Batching across runs: ``image_features_many(requests)`` / ``text_features_many(requests)`` embed
+the image lists / text lists of concurrent calls in one forward (each request gets its own (n, D)
+rows back); ``embed_images`` / ``embed_texts`` are the batch of one. Run images and query texts of
+``search`` / ``classify`` go through the model's batcher; a gallery refresh (already batched by
+``options.batch_size``) holds the model lock instead. Images are resized to the processor's fixed
+size, texts padded to the longest with an attention mask (CLIP pools at the end-of-text token,
+SigLIP pads to its trained length), so batched rows equal unbatched ones within float tolerance.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from pydantic import BaseModel, Field, field_validator
 from visagent.errors import ToolError
 from visagent.media import file_sha256
 from visagent.tools.base import NonEmptyStr, Tool, ToolInput, ToolOutput, clip_text, path_field
-from visagent.tools.models import checked_config, register_loader
+from visagent.tools.models import batched, checked_config, register_loader
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -73,6 +81,14 @@ class DualEncoder:
         feats = feats.float()
         return feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
+    def image_features_many(self, requests: list[list["Image.Image"]]) -> list["np.ndarray"]:
+        """Per request (a list of n_i images): (n_i, D) float32 embeddings; one forward for all."""
+        return _split(self.embed_images([img for r in requests for img in r]), [len(r) for r in requests])
+
+    def text_features_many(self, requests: list[list[str]]) -> list["np.ndarray"]:
+        """Per request (a list of n_i texts): (n_i, D) float32 embeddings; one forward for all."""
+        return _split(self.embed_texts([t for r in requests for t in r]), [len(r) for r in requests])
+
     def embed_images(self, images: list["Image.Image"]) -> "np.ndarray":
         """(N, D) embeddings of RGB images, one forward pass for the whole list."""
         import torch
@@ -95,6 +111,14 @@ class DualEncoder:
         with torch.inference_mode():
             feats = self._features(self.model.get_text_features(**keep))
         return feats.cpu().numpy()
+
+
+def _split(rows: "np.ndarray", counts: list[int]) -> list["np.ndarray"]:
+    out, start = [], 0
+    for n in counts:
+        out.append(rows[start : start + n])
+        start += n
+    return out
 
 
 @register_loader(FAMILY, "transformers")
@@ -352,15 +376,17 @@ def _model_key(ctx: Any, bundle: DualEncoder) -> str:
     return f"{mc.checkpoint}|{mc.revision or ''}|{bundle.model_type}|{key.dtype}"
 
 
-def _image_embeddings(ctx: Any, bundle: DualEncoder, ids: list[str], model_key: str) -> "np.ndarray":
-    """Embeddings of run images, cached per image for the run (``ctx.media_cache``)."""
+def _image_embeddings(ctx: Any, m: Any, ids: list[str], model_key: str) -> "np.ndarray":
+    """Embeddings of run images, cached per image for the run (``ctx.media_cache``); ``m``: the
+    model's batched handle (``visagent.tools.models.batched``)."""
     import numpy as np
 
     slot = f"search_embedding:{model_key}"
     missing = [i for i in ids if slot not in ctx.media_cache(i)]
-    for start in range(0, len(missing), bundle.batch_size):
-        chunk = missing[start : start + bundle.batch_size]
-        vecs = bundle.embed_images([ctx.image(i) for i in chunk])
+    size = m.model.batch_size
+    for start in range(0, len(missing), size):
+        chunk = missing[start : start + size]
+        vecs = m.submit("image_features_many", [ctx.image(i) for i in chunk])
         for i, v in zip(chunk, vecs):
             ctx.media_cache(i)[slot] = v
     ctx.cache["search_image_embedding"] = "hit" if not missing else ("miss" if len(missing) == len(ids) else "partial")
@@ -385,38 +411,45 @@ class Search(Tool):
     def run(self, input: SearchInput, ctx: Any) -> SearchOutput:  # noqa: A002
         if input.gallery and input.images:
             raise ToolError("give either images or gallery, not both")
-        with ctx.model(FAMILY) as bundle:
-            key = _model_key(ctx, bundle)
-            text = bundle.embed_texts([input.query])[0]
-            if input.gallery:
-                folder = Path(os.path.expanduser(input.gallery))
-                index = GalleryIndex(folder, key, ctx.config.cache_path / "search-index")
-                upd = index.refresh(bundle.embed_images, bundle.batch_size, ctx.progress, bundle.workers)
-                ctx.cache["gallery_index"] = "miss" if upd.created else ("hit" if upd.embedded == 0 else "updated")
-                if not upd.paths:
-                    raise ToolError(f"gallery {folder} holds no readable images")
-                scores = upd.embeddings @ text
-                order = rank(scores)[: input.top_k]
-                hits = []
-                for n, i in enumerate(order):
-                    image_id = None
-                    if n < input.register_top:
-                        image_id = _register(ctx, upd.paths[i])
-                    hits.append(SearchHit(image=image_id, path=str(upd.paths[i]), score=round(float(scores[i]), 6)))
-                return SearchOutput(
-                    query=input.query, results=hits, candidates=len(upd.paths), gallery=str(folder),
-                    embedded=upd.embedded, reused=upd.reused, removed=upd.removed, skipped=upd.skipped,
-                )  # fmt: skip
-            ids = list(dict.fromkeys(input.images)) if input.images else ctx.image_ids()
-            if not ids:
-                raise ToolError("no images to search: the run has none (give images or a gallery folder)")
-            for i in ids:
-                _check_image(ctx, i)
-            emb = _image_embeddings(ctx, bundle, ids, key)
+        if input.gallery:
+            return self._gallery(input, ctx)
+        ids = list(dict.fromkeys(input.images)) if input.images else ctx.image_ids()
+        if not ids:
+            raise ToolError("no images to search: the run has none (give images or a gallery folder)")
+        for i in ids:
+            _check_image(ctx, i)
+        with batched(ctx, FAMILY) as m:
+            key = _model_key(ctx, m.model)
+            text = m.submit("text_features_many", [input.query])[0]
+            emb = _image_embeddings(ctx, m, ids, key)
         scores = emb @ text
         order = rank(scores)[: input.top_k]
         hits = [SearchHit(image=ids[i], score=round(float(scores[i]), 6)) for i in order]
         return SearchOutput(query=input.query, results=hits, candidates=len(ids))
+
+    def _gallery(self, input: SearchInput, ctx: Any) -> SearchOutput:  # noqa: A002
+        assert input.gallery is not None
+        with ctx.model(FAMILY) as bundle:  # a whole index refresh: the model stays locked
+            key = _model_key(ctx, bundle)
+            text = bundle.embed_texts([input.query])[0]
+            folder = Path(os.path.expanduser(input.gallery))
+            index = GalleryIndex(folder, key, ctx.config.cache_path / "search-index")
+            upd = index.refresh(bundle.embed_images, bundle.batch_size, ctx.progress, bundle.workers)
+            ctx.cache["gallery_index"] = "miss" if upd.created else ("hit" if upd.embedded == 0 else "updated")
+            if not upd.paths:
+                raise ToolError(f"gallery {folder} holds no readable images")
+            scores = upd.embeddings @ text
+            order = rank(scores)[: input.top_k]
+            hits = []
+            for n, i in enumerate(order):
+                image_id = None
+                if n < input.register_top:
+                    image_id = _register(ctx, upd.paths[i])
+                hits.append(SearchHit(image=image_id, path=str(upd.paths[i]), score=round(float(scores[i]), 6)))
+            return SearchOutput(
+                query=input.query, results=hits, candidates=len(upd.paths), gallery=str(folder),
+                embedded=upd.embedded, reused=upd.reused, removed=upd.removed, skipped=upd.skipped,
+            )  # fmt: skip
 
 
 def _register(ctx: Any, path: Path) -> str | None:
@@ -495,11 +528,12 @@ class Classify(Tool):
 
         _check_image(ctx, input.image)
         templates = input.templates or list(DEFAULT_TEMPLATES)
-        with ctx.model(FAMILY) as bundle:
+        with batched(ctx, FAMILY) as m:
+            bundle = m.model
             key = _model_key(ctx, bundle)
-            img = _image_embeddings(ctx, bundle, [input.image], key)[0]
+            img = _image_embeddings(ctx, m, [input.image], key)[0]
             prompts = [t.replace("{label}", label) for label in input.labels for t in templates]
-            text = bundle.embed_texts(prompts).reshape(len(input.labels), len(templates), -1).mean(axis=1)
+            text = m.submit("text_features_many", prompts).reshape(len(input.labels), len(templates), -1).mean(axis=1)
             text = text / np.maximum(np.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
             logits = bundle.logit_scale * (text @ img) + bundle.logit_bias
         logits = logits - logits.max()
