@@ -12,6 +12,13 @@ its per-run state is explicit (``GroundingState``: send-backs so far, warnings).
   word up to twenty; region ids and bracketed boxes ignored) is compared with the tool's
   ``count``. A mismatch, or no number at all, adds a warning naming both values; the answer is
   never changed;
+- track cross-check: when a track tool ran and the question asks for a number ("how many",
+  "count", "number of"), the answer's number is compared with the distinct count of the last track
+  call (the count of a label the answer names, else the total over its labels); a mismatch or no
+  number adds a warning, and the count cross-check stays quiet (per-frame counts are not distinct
+  counts). A distinct-count question about a video ("how many people walked past", "how many
+  different cars", ...) answered without any track call adds a warning that per-frame counts count
+  an object once per frame;
 - extra checks, ``fn(final, run) -> error text | None`` (``Agent(final_checks=[...])``): error text
   is sent back (code ``grounding``).
 
@@ -73,6 +80,38 @@ def tool_counts(steps: Sequence[Any], count_tools: Sequence[str] = ("count",)) -
     return out
 
 
+COUNT_QUESTION_RE = re.compile(r"\b(how many|count|number of)\b", re.IGNORECASE)
+#: a count of objects over time rather than in one picture
+DISTINCT_RE = re.compile(
+    r"\b(walk(?:ed|s|ing)? (?:past|by|through|in|out)|pass(?:ed|es|ing)?|went (?:by|past|through)|go(?:es)? (?:by|past)|"
+    r"cross(?:ed|es|ing)?|enter(?:ed|s|ing)?|left|leav(?:e|es|ing)|came|come|appear(?:ed|s)?|distinct|different|unique|"
+    r"individual|in total|total|altogether|overall|over time|throughout|during)\b",
+    re.IGNORECASE,
+)
+
+
+def track_counts(
+    steps: Sequence[Any], track_tools: Sequence[str] = ("track",)
+) -> list[tuple[int, dict[str, int], int, int]]:
+    """``[(call, counts per label, total, min_track_length)]`` of the track tool calls among ``steps``."""
+    out = []
+    for step in steps:
+        if isinstance(step, ToolStep) and step.tool in track_tools:
+            counts = step.output.get("counts")
+            if isinstance(counts, dict) and all(isinstance(v, int) for v in counts.values()):
+                total = step.output.get("count")
+                total = total if isinstance(total, int) else sum(counts.values())
+                min_len = step.output.get("min_track_length")
+                min_len = int(min_len) if isinstance(min_len, int) else 1
+                out.append((step.call, {str(k): v for k, v in counts.items()}, total, min_len))
+    return out
+
+
+def is_distinct_count_question(question: str) -> bool:
+    """A count question about objects over time ("how many people walked past the door?")."""
+    return bool(COUNT_QUESTION_RE.search(question) and DISTINCT_RE.search(question))
+
+
 def needs_tools(question: str, steps: Sequence[Any]) -> bool:
     """Whether a question needed tools: a tool ran in this run, or it asks to count/locate/read."""
     if any(isinstance(s, ToolStep) for s in steps):
@@ -132,12 +171,16 @@ class GroundingPolicy:
         max_sendbacks: int = 1,
         count_check: bool = True,
         count_tools: Sequence[str] = ("count",),
+        track_check: bool = True,
+        track_tools: Sequence[str] = ("track",),
         checks: Sequence[FinalCheck] = (),
     ) -> None:
         self.require_evidence = require_evidence
         self.max_sendbacks = max_sendbacks
         self.count_check = count_check
         self.count_tools = tuple(count_tools)
+        self.track_check = track_check
+        self.track_tools = tuple(track_tools)
         self.checks = list(checks)
 
     def new_state(self) -> GroundingState:
@@ -161,13 +204,42 @@ class GroundingPolicy:
                 hint = "cite the ids of the observations that support it" if ran else "call a tool first, then cite its ids"
                 return Verdict("no_evidence", f"{NO_EVIDENCE}: {hint} (region ids like det_1_0, or obs_N)")
             state.warn("the answer cites no evidence")
-        if self.count_check:
+        tracked = self.track_check and self._check_track(final, run, steps, state)
+        if self.count_check and not tracked:
             self._check_count(final, steps, state)
         for extra in self.checks:
             problem = extra(final, run)
             if problem:
                 return Verdict("grounding", problem)
         return None
+
+    def _check_track(self, final: Final, run: Any, steps: Sequence[Any], state: GroundingState) -> bool:
+        """The track cross-check; True when it applied (a track tool ran and the question asks a number)."""
+        question = str(getattr(run, "question", "") or "")
+        tracks = track_counts(steps, self.track_tools)
+        if not tracks:
+            if is_distinct_count_question(question) and _has_video(run):
+                state.warn(
+                    "track cross-check: the question asks for distinct objects over a video but no track tool ran; "
+                    "counts on single frames count an object once per frame"
+                )
+            return False
+        if not COUNT_QUESTION_RE.search(question):
+            return False
+        call, counts, total, min_len = tracks[-1]
+        answer = final.answer.lower()
+        named = [label for label in counts if label and label.lower() in answer]
+        label = named[0] if len(named) == 1 else None
+        expected = counts[label] if label is not None else total
+        what = f"distinct {label!r}" if label is not None else "distinct " + ", ".join(repr(lb) for lb in counts)
+        said = answer_number(final.answer)
+        allowed = {expected, total, *counts.values()} if label is None else {expected}
+        tool = f"the track tool (obs_{call}) counted {expected} {what} (tracks of at least {min_len} sightings)"
+        if said is None:
+            state.warn(f"track cross-check: the answer states no number; {tool}")
+        elif said not in allowed:
+            state.warn(f"track cross-check: the answer says {said:g} but {tool}")
+        return True
 
     def _check_count(self, final: Final, steps: Sequence[Any], state: GroundingState) -> None:
         counts = tool_counts(steps, self.count_tools)
@@ -181,3 +253,9 @@ class GroundingPolicy:
             state.warn(f"count cross-check: the answer states no number; the count tool (obs_{call}) counted {expected} {what}".rstrip())
         elif all(said != c[2] for c in relevant):
             state.warn(f"count cross-check: the answer says {said:g} but the count tool (obs_{call}) counted {expected} {what}".rstrip())
+
+
+def _has_video(run: Any) -> bool:
+    """Whether the run's media include a video (``trace.meta.media``)."""
+    meta = getattr(getattr(run, "trace", None), "meta", None)
+    return any(getattr(m, "kind", "") == "video" for m in getattr(meta, "media", None) or [])

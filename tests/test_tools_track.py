@@ -279,3 +279,36 @@ def test_track_tool_errors(make_agent, crossing_video: Path) -> None:
     errors = [s.message for s in answer.trace.steps if s.type == "error"]
     assert any("more than max_frames (5)" in m for m in errors), errors
     assert any("past the end of the video" in m for m in errors), errors
+
+
+# -- grounding ------------------------------------------------------------------------------------
+def test_distinct_count_answer_is_cross_checked_against_the_tracks(make_agent, crossing_video: Path) -> None:
+    from types import SimpleNamespace
+
+    from visagent.grounding import GroundingPolicy
+    from visagent.types import Final
+
+    plan = [{"tool": "track", "args": ARGS}, {"final": "99 squares walked past.", "evidence": ["obs_1"]}]
+    answer = make_agent(plan).stream("How many squares walked past?", [str(crossing_video)]).result()
+    assert answer.ok, answer.error
+    count = tool_steps(answer)[0].output["count"]
+    assert count != 99
+    assert any(w.startswith("track cross-check: the answer says 99") and f"counted {count} distinct 'square'" in w for w in answer.warnings)
+    # the same run's steps with the tool's number: no warning
+    run = SimpleNamespace(
+        question="How many squares walked past?", trace=answer.trace, max_steps=10, step_number=2, tools=["track"],
+        resolvable=lambda i: True, known_ids=lambda: [],
+    )  # fmt: skip
+    policy = GroundingPolicy()
+    for text, warned in ((f"{count} squares walked past.", False), ("Some squares.", True)):
+        state = policy.new_state()
+        assert policy.check(Final(answer=text, evidence=["obs_1"]), run, state) is None
+        assert any("track cross-check" in w for w in state.warnings) == warned, (text, state.warnings)
+
+
+def test_distinct_count_on_a_video_without_track_warns(make_agent, crossing_video: Path) -> None:
+    plan = [{"tool": "video_frames", "args": {"video": "vid_0", "frames": 2}}, {"final": "2 squares.", "evidence": ["obs_1"]}]
+    answer = make_agent(plan).stream("How many different squares crossed the frame?", [str(crossing_video)]).result()
+    assert any("no track tool ran" in w for w in answer.warnings), answer.warnings
+    plain = make_agent(plan).stream("What moves?", [str(crossing_video)]).result()
+    assert not any("track cross-check" in w for w in plain.warnings)
