@@ -17,6 +17,7 @@ Boxes are ``[x0, y0, x1, y1]`` pixels of the original image everywhere.
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from visagent.errors import UsageError
+
+log = logging.getLogger("visagent.eval")
 
 Task = Literal["vqa", "count", "grounding", "tool"]
 
@@ -131,8 +134,29 @@ def register_format(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
+FORMATS_GROUP = "visagent.eval_formats"
+_plugins_loaded = False
+
+
 def _load_builtin() -> None:
+    """Register the built-in formats, then (once) those of the ``visagent.eval_formats``
+    entry-point group: each names a module (importing it registers its formats) or an ``Adapter``
+    subclass. A broken one is logged and skipped."""
+    global _plugins_loaded
     import visagent.eval.formats  # noqa: F401  (registers the built-in formats)
+
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=FORMATS_GROUP), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Adapter):
+                register_format(obj)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            log.warning("eval format plugin %r skipped: %s: %s", ep.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
 def available_formats() -> list[str]:
