@@ -129,7 +129,7 @@ def _print_run(result: dict[str, Any], out: Any) -> None:
 
     from visagent.eval.compare import comparison_table
 
-    title = f"{result['format']}: {result['items']} items ({result['dataset']})"
+    title = f"{result['format']}: {result['items']} item{'s' * (result['items'] != 1)} ({result['dataset']})"
     out.print(comparison_table(result["comparison"], title=title))
     metrics = result["metrics"]
     for name, s in result["configs"].items():

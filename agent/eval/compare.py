@@ -147,8 +147,12 @@ def comparison_table(comparison: Mapping[str, Any], title: str = "") -> Any:
     metrics = list(comparison.get("metrics") or [])
     diffs = {(d["config"], d["quantity"]): d for d in comparison.get("differences") or []}
     level = int(round(float(comparison.get("level", 0.95)) * 100))
-    table = Table(title=title or None, caption=f"{comparison.get('n', 0)} common items; differences vs {comparison.get('baseline')} "
-                  f"with {level}% paired bootstrap intervals")  # fmt: skip
+    n = comparison.get("n", 0)
+    if len(comparison.get("configs") or {}) > 1:
+        caption = f"{n} common items; differences vs {comparison.get('baseline')} with {level}% paired bootstrap intervals"
+    else:
+        caption = f"{n} item{'s' * (n != 1)}; per question: latency, planner steps, tool calls"
+    table = Table(title=title or None, caption=caption)
     table.add_column("config")
     for m in metrics:
         table.add_column(m, justify="right")
