@@ -107,6 +107,8 @@ def test_vqav2_loads_questions_annotations_and_coco_image_paths(tmp_path: Path) 
     assert [i.category for i in items] == ["yes/no", "number", "other", "other"]
     assert items[1].extra["groups"]["question_type"] == "how many"
     assert missing_media(items) == []
+    (root / "val2014" / "COCO_val2014_000000000007.jpg").unlink()
+    assert missing_media(items) == [str(root.resolve() / "val2014" / "COCO_val2014_000000000007.jpg")]
     assert len(get_adapter("vqav2").load(root, limit=2)) == 2
 
 
@@ -250,8 +252,11 @@ def test_countbenchqa_parquet_keeps_embedded_images_and_scores_counts(tmp_path: 
         {"image": {"bytes": png_bytes(c), "path": None}, "text": f"caption {n}", "question": f"How many items {n}?", "number": n}
         for c, n in zip(colors, (3, 5, 2))
     ])  # fmt: skip
+    first = get_adapter("countbenchqa").load(root, limit=1)
+    assert len(first) == 1 and len(list((tmp_path / "cache" / "eval-images").rglob("*.png"))) == 1  # only what is loaded
     items = get_adapter("countbenchqa").load(root)
     assert [(i.id, i.count, i.category) for i in items] == [("0", 3, "3"), ("1", 5, "5"), ("2", 2, "2")]
+    assert len(list((tmp_path / "cache" / "eval-images").rglob("*.png"))) == 3
     assert items[0].question == "How many items 3?" and items[0].extra["text"] == "caption 3"
     for item, color in zip(items, colors):
         assert str(tmp_path / "cache" / "eval-images") in item.media[0]

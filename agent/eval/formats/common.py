@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +162,28 @@ def id_out(value: str) -> int | str:
 # -- parquet and embedded images -----------------------------------------------------------------
 
 
-def read_parquet(paths: Sequence[Path], what: str, columns: Sequence[str]) -> list[dict[str, Any]]:
-    """The rows of parquet files (``columns`` required, as Python values); needs ``pyarrow``
-    (``pip install 'visagent[eval]'``)."""
+def iter_parquet(paths: Sequence[Path], what: str, columns: Sequence[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+    """The rows of parquet files, read a batch at a time (so that ``limit`` items of a large file
+    with embedded images read only what they need), as Python values; the ``columns`` must be
+    there. Needs ``pyarrow`` (``pip install 'visagent[eval]'``)."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError(f"{what}: reading parquet needs pyarrow: pip install 'visagent[eval]'") from None
-    rows: list[dict[str, Any]] = []
     for path in paths:
         try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several kinds for a bad file
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
             raise UsageError(f"{what}: {path} is not a readable parquet file ({str(exc).splitlines()[0]})") from None
-        absent = [c for c in columns if c not in table.column_names]
+        absent = [c for c in columns if c not in names]
         if absent:
-            raise UsageError(f"{what}: {path.name} has no column {absent[0]!r} (it has {', '.join(table.column_names)})")
-        rows.extend(table.to_pylist())
-    return rows
+            raise UsageError(f"{what}: {path.name} has no column {absent[0]!r} (it has {', '.join(names)})")
+        try:
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                yield from batch.to_pylist()
+        except OSError as exc:
+            raise UsageError(f"{what}: {path} cannot be read ({str(exc).splitlines()[0]})") from None
 
 
 def _cache_root() -> Path:

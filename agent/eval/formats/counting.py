@@ -33,11 +33,11 @@ from visagent.eval.formats.common import (
     id_out,
     id_str,
     image_file,
+    iter_parquet,
     need,
     pick_split,
     read_json,
     read_jsonl_or_json,
-    read_parquet,
     records,
     write_json,
 )
@@ -113,10 +113,11 @@ class CountBenchQA(_Counting):
     def load(self, folder: Path, limit: int | None = None) -> list[EvalItem]:
         what = "CountBenchQA"
         split, files = _parquet_files(folder, what, ("test",))
-        rows = read_parquet(files, what, ["image", "question", "number"])
         root = dataset_root(files[0])
         items = []
-        for i, row in enumerate(rows[:limit] if limit is not None else rows):
+        for i, row in enumerate(iter_parquet(files, what, ["image", "question", "number"])):
+            if limit is not None and len(items) >= limit:
+                break
             where = f"{what} row {i}"
             count = _as_int(row["number"], where)
             items.append(
@@ -142,7 +143,6 @@ class PixMoCount(_Counting):
     def load(self, folder: Path, limit: int | None = None) -> list[EvalItem]:
         what = "PixMo-Count"
         split, files = _parquet_files(folder, what, ("validation", "test", "train"))
-        rows = read_parquet(files, what, ["image_url", "image_sha256", "count", "label"])
         root = dataset_root(files[0])
         if root.name == "data" and not (root / "images").is_dir():
             root = root.parent
@@ -154,7 +154,9 @@ class PixMoCount(_Counting):
                     local.setdefault(p.stem, p)
                     local.setdefault(p.name, p)
         items = []
-        for i, row in enumerate(rows[:limit] if limit is not None else rows):
+        for i, row in enumerate(iter_parquet(files, what, ["image_url", "image_sha256", "count", "label"])):
+            if limit is not None and len(items) >= limit:
+                break
             where = f"{what} {split} row {i}"
             sha = str(row["image_sha256"] or "")
             url_name = str(row["image_url"] or "").rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]

@@ -38,10 +38,10 @@ from visagent.eval.formats.common import (
     id_out,
     id_str,
     image_file,
+    iter_parquet,
     need,
     read_json,
     read_jsonl_or_json,
-    read_parquet,
     records,
     write_json,
 )
@@ -171,7 +171,7 @@ class _RefCOCO(Adapter):
             split = parquet_split(shard) or "?"
             if split == "train":
                 continue
-            for r, row in enumerate(read_parquet([shard], what, ["question_id", "image", "answer", "bbox"])):
+            for r, row in enumerate(iter_parquet([shard], what, ["question_id", "image", "answer", "bbox"])):
                 where = f"{what} {shard.name} row {r}"
                 bbox = row["bbox"]
                 if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
