@@ -7,4 +7,4 @@ read a downloaded checkpoint. ``profile: tiny`` serves them (real pipeline, mean
 tests and the offline demo use them. Importing this package registers every builder.
 """
 
-from visagent.tools.tiny import caption, detect, planner, search, segment, video  # noqa: F401
+from visagent.tools.tiny import caption, detect, planner, search, segment, segment_video, video  # noqa: F401
