@@ -127,3 +127,10 @@ def test_summarize_means_categories_groups_and_missing() -> None:
     assert s["categories"]["simple"] == {"n": 2, "exact": 0.5, "within1": 0.5, "abs_error": 1.0}
     assert s["categories"]["complex"]["abs_error"] == pytest.approx(2.5)
     assert s["groups"]["src"]["a"]["exact"] == pytest.approx(0.5)
+
+
+def test_summarize_orders_numeric_categories_by_value() -> None:
+    adapter = get_adapter("countbenchqa")
+    items = [EvalItem(id=str(n), media=[], question="q", task="count", count=n, category=str(n)) for n in (10, 9, 2)]
+    s = summarize(adapter, items, {str(n): count_scores(n, n) for n in (10, 9, 2)})
+    assert list(s["categories"]) == ["2", "9", "10"] and s["missing"] == 0 and s["metrics"]["exact"] == 1.0

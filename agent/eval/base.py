@@ -174,6 +174,11 @@ def get_adapter(name: str) -> Adapter:
     return cls()
 
 
+def _natural(key: str) -> tuple[int, int, str]:
+    """Sort key: numbers by value first (``"2"`` before ``"10"``), then text."""
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
 def _mean_row(rows: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str, Any]:
     return {"n": len(rows), **{m: sum(float(r.get(m, 0.0)) for r in rows) / len(rows) for m in metrics}}
 
@@ -208,11 +213,11 @@ def summarize(adapter: Adapter, items: Iterable[EvalItem], scores: dict[str, dic
         "n": n,
         "missing": missing,
         "metrics": _mean_row(rows, metrics) if n else {m: math.nan for m in metrics},
-        "categories": {name: _mean_row(r, metrics) for name, r in sorted(cats.items())},
+        "categories": {name: _mean_row(cats[name], metrics) for name in sorted(cats, key=_natural)},
     }
     summary["metrics"].pop("n", None)
     if groups:
-        summary["groups"] = {k: {v: _mean_row(r, metrics) for v, r in sorted(g.items())} for k, g in sorted(groups.items())}
+        summary["groups"] = {k: {v: _mean_row(g[v], metrics) for v in sorted(g, key=_natural)} for k, g in sorted(groups.items())}
     return summary
 
 
