@@ -512,3 +512,47 @@ def test_eval_score_command_prints_a_table_and_json(tmp_path: Path) -> None:
     assert summary["metrics"]["exact"] == pytest.approx(1 / 3) and summary["items"]["30095774"]["exact"] == 1.0
     bad = subprocess.run([*cmd[:-1], str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_formats_from_the_entry_point_group_are_registered_and_a_broken_one_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import importlib.metadata
+
+    from visagent.eval import base
+
+    class Plugin(base.Adapter):
+        name, task, metrics = "plugin-qa", "vqa", ("accuracy",)
+
+        def load(self, folder: Path, limit: int | None = None) -> list[EvalItem]:
+            return []
+
+        def read_predictions(self, path: Path) -> list[Prediction]:
+            return []
+
+        def write_predictions(self, predictions: list[Prediction], path: Path) -> None:
+            pass
+
+        def score(self, item: EvalItem, prediction: Prediction | None) -> dict[str, float]:
+            return {"accuracy": 0.0}
+
+    class EP:
+        def __init__(self, name: str, target: Any) -> None:
+            self.name, self._target = name, target
+
+        def load(self) -> Any:
+            if isinstance(self._target, Exception):
+                raise self._target
+            return self._target
+
+    def entry_points(group: str) -> list[EP]:
+        assert group == "visagent.eval_formats"
+        return [EP("broken", ImportError("no module named nowhere")), EP("plugin", Plugin)]
+
+    monkeypatch.setattr(base, "_FORMATS", dict(base._FORMATS))
+    monkeypatch.setattr(base, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    with caplog.at_level("WARNING", logger="visagent.eval"):
+        assert "plugin-qa" in available_formats()
+    assert isinstance(get_adapter("plugin-qa"), Plugin)
+    assert any("eval format plugin 'broken' skipped: ImportError" in r.getMessage() for r in caplog.records)
