@@ -4,7 +4,9 @@
 (boxes with id, label and score; masks as translucent fills with outlines; OCR lines as boxes with
 their text). Several images or video frames become one contact sheet of packed rows (each tile
 keeps its image's aspect ratio; no letterbox bands), each tile captioned with its id, source and
-timestamp. Drawing is done with ``supervision`` annotators.
+timestamp. Drawing is done with ``supervision`` annotators. Tracks (regions with ``points``
+over time, see ``visagent.render_video``) are drawn as frames along their span with boxes and
+trails plus a timeline, or as an annotated video (``.mp4`` / ``.webm``).
 
 Region dicts (``Evidence.region``, tool outputs in traces) follow ``visagent.tools.base.Region``:
 ``{"id", "image", "box": [x0, y0, x1, y1] original pixels, "score", "label"}`` plus optional
@@ -25,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from visagent.errors import UsageError
 from visagent.media import MediaStore
+from visagent.render_video import is_track, timeline, track_sheet_tiles, tracks_in, with_timelines, write_track_video
 from visagent.types import Answer, MediaInfo
 
 log = logging.getLogger(__name__)
@@ -253,12 +256,35 @@ def render_regions(media: MediaStore, regions: Iterable[Mapping[str, Any]], *, i
     With ``include_all`` every image of the run is shown (images with regions first, at most
     ``MAX_TILES``); otherwise only the images that carry regions.
     """
-    tiles = [(image, caption) for _, image, caption in region_tiles(media, regions, include_all=include_all)]
+    regions = [dict(r) for r in regions]
+    tracks = tracks_in(regions)
+    tiles: list[tuple[Image.Image, str]] = []
+    groups: list[list[dict[str, Any]]] = []
+    tracked: set[str] = set()
+    for video_id in dict.fromkeys(str(t["image"]) for t in tracks):
+        if video_id not in media or media.info(video_id).kind != "video":
+            log.warning("tracks on unknown video %s are not drawn", video_id)
+            continue
+        try:
+            mine = [t for t in tracks if t["image"] == video_id]
+            tiles += track_sheet_tiles(media.video_path(video_id), video_id, mine)
+            tracked.add(video_id)
+        except Exception as exc:  # noqa: BLE001 - the video's first frame with the first boxes instead
+            log.warning("cannot draw the tracks on %s: %s", video_id, exc)
+            continue
+        groups.append(mine)
+    others = [r for r in regions if not is_track(r) or r["image"] not in tracked]
+    if tracked and not others:
+        include_all = False
+    tiles += [
+        (image, caption)
+        for media_id, image, caption in region_tiles(media, others, include_all=include_all)
+        if media_id not in tracked
+    ]
     if not tiles:
         raise UsageError("nothing to draw: the run has no images or decodable video frames")
-    if len(tiles) == 1:
-        return tiles[0][0]
-    return contact_sheet(tiles)
+    sheet = tiles[0][0] if len(tiles) == 1 else contact_sheet(tiles)
+    return with_timelines(sheet, [timeline(g, width=max(sheet.width, 480)) for g in groups])
 
 
 def region_tiles(
@@ -298,15 +324,37 @@ def region_tiles(
 
 
 def render_answer(answer: Answer, media: MediaStore, path: Path | str) -> None:
-    """Write a PNG of the run's images with the answer's cited regions drawn.
+    """Write a PNG of the run's images with the answer's cited regions drawn, or (``.mp4`` /
+    ``.webm``) the video of the cited tracks with their boxes, ids and trails drawn.
 
     One image: the image at its own size with the evidence drawn. Several images or video frames:
-    a contact sheet (see ``contact_sheet``) with ``id @ timestamp`` captions.
+    a contact sheet (see ``contact_sheet``) with ``id @ timestamp`` captions. Cited tracks: frames
+    along their span with boxes and trails, and their timeline.
     """
     out = Path(path)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in VIDEO_SUFFIXES:
+        render_answer_video(answer, media, out)
+        return
     image = render_regions(media, cited_regions(answer))
     fmt = "JPEG" if out.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     image.save(out, format=fmt)
     log.info("wrote %s (%dx%d)", out, image.width, image.height)
+
+
+VIDEO_SUFFIXES = (".mp4", ".webm")
+
+
+def render_answer_video(answer: Answer, media: MediaStore, out: Path) -> None:
+    """Write the video of the answer's cited tracks (the first video they lie on) with their boxes,
+    ids and trails drawn (``visagent.render_video.write_track_video``)."""
+    tracks = tracks_in(cited_regions(answer))
+    if not tracks:
+        raise UsageError(f"{out}: a video shows the cited tracks (trk_N_i ids) and the answer cites none; save a .png instead")
+    videos = list(dict.fromkeys(str(t["image"]) for t in tracks))
+    if len(videos) > 1:
+        log.warning("the answer cites tracks on %s; %s shows those on %s", ", ".join(videos), out, videos[0])
+    if videos[0] not in media:
+        raise UsageError(f"{out}: the cited tracks lie on {videos[0]}, which this run does not have")
+    write_track_video(media.video_path(videos[0]), [t for t in tracks if t["image"] == videos[0]], out)

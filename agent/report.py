@@ -1,9 +1,11 @@
 """A self-contained HTML report of one run.
 
 ``write_report(answer, media, path)`` writes one HTML file with every image inlined (base64 JPEG):
-the question and media (a video by its first sampled frame, else the frame at its middle), each step (planner thought and action with arguments; tool observation,
-time, models and cache hits, thumbnails with the step's boxes/masks/OCR lines drawn; errors and
-notes), and the final answer with its cited evidence highlighted (``.cited``) and drawn. The file
+the question and media (a video by its first sampled frame, else the frame at its middle, and
+played by a ``<video>`` element: a WebM (VP8) copy, inlined, with the run's tracks drawn), each
+step (planner thought and action with arguments; tool observation, time, models and cache hits,
+thumbnails with the step's boxes/masks/OCR lines drawn, a timeline of its tracks as inline SVG;
+errors and notes), and the final answer with its cited evidence highlighted (``.cited``) and drawn. The file
 needs no network and no other file.
 """
 
@@ -13,6 +15,7 @@ import base64
 import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from PIL import Image
 from visagent import ids
 from visagent.media import MediaStore, video_poster
 from visagent.render import annotate, iter_regions, region_label, render_regions
+from visagent.render_video import is_track, timeline_svg, write_track_video
 from visagent.secrets import scrub
 from visagent.types import Answer, ToolStep
 
@@ -29,6 +33,10 @@ log = logging.getLogger(__name__)
 #: longest side of a step thumbnail (pixels) and most thumbnails per step
 THUMB = 360
 MAX_THUMBS = 8
+#: the played copy of a video: longest side (pixels), most frames, largest encoded size (bytes)
+VIDEO_SIDE = 480
+VIDEO_FRAMES = 600
+VIDEO_BYTES = 12 * 1024 * 1024
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -52,6 +60,8 @@ pre{background:#f1f3f5;padding:6px 8px;border-radius:4px;white-space:pre-wrap;wo
 .thumbs{display:flex;flex-wrap:wrap;gap:8px;margin-top:6px}
 figure{margin:0} figcaption{font-size:11px;color:#5b6573}
 img.thumb{max-width:{{ thumb }}px;max-height:{{ thumb }}px;border:1px solid #dde1e6;border-radius:4px}
+video.video{max-width:{{ thumb }}px;max-height:{{ thumb }}px;border:1px solid #dde1e6;border-radius:4px;background:#000}
+.timeline-wrap{overflow-x:auto;margin-top:6px} svg.timeline .track.cited rect{stroke-width:3}
 table{border-collapse:collapse;width:100%;font-size:12px} td,th{padding:3px 6px;border-bottom:1px solid #eef0f2;text-align:left}
 .cited{background:#fff3bf;font-weight:600}
 .region-id{font-family:ui-monospace,Menlo,monospace}
@@ -80,7 +90,9 @@ table{border-collapse:collapse;width:100%;font-size:12px} td,th{padding:3px 6px;
 
 <h2>Media</h2>
 <div class="thumbs" id="media">{% for m in media %}<figure><img class="thumb" alt="{{ m.id }}" src="{{ m.src }}">
-<figcaption>{{ m.caption }}</figcaption></figure>{% endfor %}</div>
+<figcaption>{{ m.caption }}</figcaption></figure>{% if m.video %}<figure><video class="video" data-id="{{ m.id }}" controls muted loop
+playsinline preload="auto"{% if m.src %} poster="{{ m.src }}"{% endif %} src="{{ m.video }}"></video>
+<figcaption>{{ m.id }} played{{ " with its tracks drawn" if m.tracked }}</figcaption></figure>{% endif %}{% endfor %}</div>
 
 <h2>Steps</h2>
 {% for s in steps %}
@@ -92,6 +104,7 @@ table{border-collapse:collapse;width:100%;font-size:12px} td,th{padding:3px 6px;
 {% if s.args is not none %}<div><b>arguments</b></div><pre>{{ s.args }}</pre>{% endif %}
 {% if s.text %}<div><b>{{ s.text_label }}</b></div><pre>{{ s.text }}</pre>{% endif %}
 {% if s.regions %}<table class="regions">{% for r in s.regions %}<tr class="{{ 'cited' if r.cited }}"><td class="region-id">{{ r.id }}</td><td>{{ r.what }}</td></tr>{% endfor %}</table>{% endif %}
+{% if s.timeline %}<div class="timeline-wrap">{{ s.timeline|safe }}</div>{% endif %}
 {% if s.thumbs %}<div class="thumbs">{% for t in s.thumbs %}<figure><img class="thumb" alt="{{ t.caption }}" src="{{ t.src }}"><figcaption>{{ t.caption }}</figcaption></figure>{% endfor %}</div>{% endif %}
 </section>
 {% endfor %}
@@ -113,7 +126,34 @@ def data_uri(image: Image.Image, max_side: int = THUMB) -> str:
 
 def _region_what(r: dict[str, Any]) -> str:
     box = ", ".join(f"{float(v):.0f}" for v in r.get("box", []))
+    if is_track(r):
+        points = r["points"]
+        return (
+            f"{region_label(r)} on {r.get('image')}: {float(points[0]['time']):.2f}-{float(points[-1]['time']):.2f} s, "
+            f"{len(points)} boxes, first box [{box}]"
+        )
     return f"{region_label(r)} box [{box}] on {r.get('image')}"
+
+
+def _video_src(media: MediaStore, video_id: str, tracks: list[dict[str, Any]]) -> str:
+    """A ``data:video/webm`` URI of the video (VP8, at most ``VIDEO_SIDE`` pixels and
+    ``VIDEO_FRAMES`` frames) with ``tracks`` drawn; "" when it cannot be made or is over
+    ``VIDEO_BYTES``."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="visagent-report-") as tmp:
+            out = Path(tmp) / "video.webm"
+            path = media.video_path(video_id)
+            write_track_video(path, tracks, out, start=0.0, end=math.inf, max_side=VIDEO_SIDE, max_frames=VIDEO_FRAMES)
+            data = out.read_bytes()
+    except Exception as exc:  # noqa: BLE001 - a report without the played video
+        log.warning("no played copy of %s: %s", video_id, exc)
+        return ""
+    if len(data) > VIDEO_BYTES:
+        log.warning("the played copy of %s is %d bytes, over %d: left out of the report", video_id, len(data), VIDEO_BYTES)
+        return ""
+    return "data:video/webm;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _media_ids_in(value: Any) -> list[str]:
@@ -175,10 +215,11 @@ def report_html(answer: Answer, media: MediaStore) -> str:
     cited = {ev.id for ev in answer.evidence}
     inputs = {i.id for i in trace.meta.media}
     steps: list[dict[str, Any]] = []
+    tracks_by_video: dict[str, list[dict[str, Any]]] = {}
     for s in trace.steps:
         row: dict[str, Any] = {
             "index": s.index, "type": s.type, "title": s.type, "ms": None, "models": [], "cache": {},
-            "thought": "", "args": None, "text": "", "text_label": "", "regions": [], "thumbs": [],
+            "thought": "", "args": None, "text": "", "text_label": "", "regions": [], "thumbs": [], "timeline": "",
         }  # fmt: skip
         if s.type == "planner":
             act = s.action
@@ -199,6 +240,10 @@ def report_html(answer: Answer, media: MediaStore) -> str:
             row["regions"] = [
                 {"id": r["id"], "what": _region_what(r), "cited": r["id"] in cited} for r in iter_regions(s.output)
             ][:200]
+            step_tracks = [r for r in iter_regions(s.output) if is_track(r)]
+            if step_tracks:
+                tracks_by_video.setdefault(str(step_tracks[0]["image"]), []).extend(step_tracks)
+                row["timeline"] = timeline_svg(step_tracks[:200], cited=sorted(cited))
             try:
                 row["thumbs"] = _tool_thumbs(s, media, inputs)
             except Exception as exc:  # noqa: BLE001 - a report without this thumbnail
@@ -231,10 +276,15 @@ def report_html(answer: Answer, media: MediaStore) -> str:
         if info.kind != "image" or info.parent:
             if info.kind == "video":
                 src = _video_thumb(media, media_id)
-                media_rows.append({"id": media_id, "src": src, "caption": f"{media_id} video {info.source}"})
+                tracks = tracks_by_video.get(media_id, [])
+                media_rows.append({
+                    "id": media_id, "src": src, "caption": f"{media_id} video {info.source}",
+                    "video": _video_src(media, media_id, tracks), "tracked": bool(tracks),
+                })  # fmt: skip
             continue
-        media_rows.append({"id": media_id, "src": data_uri(media.image(media_id)), "caption": f"{media_id} {info.source}"})
-    media_rows = [m for m in media_rows if m["src"]] or media_rows
+        media_rows.append({"id": media_id, "src": data_uri(media.image(media_id)), "caption": f"{media_id} {info.source}",
+                           "video": "", "tracked": False})  # fmt: skip
+    media_rows = [m for m in media_rows if m["src"] or m["video"]] or media_rows
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(TEMPLATE).render(
         question=trace.meta.question or "(no question)",

@@ -223,13 +223,18 @@ class Evidence(BaseModel):
 
     def describe(self) -> str:
         """One line: ``det_1_0 (detect, img_0) 'cup' score 0.91 box [10, 20, 110, 140]`` for a region
-        (label and score when known), ``obs_2 (ocr): <observation>`` for an observation."""
+        (label and score when known; a track adds its time span and number of boxes),
+        ``obs_2 (ocr): <observation>`` for an observation."""
         if not self.region:
             return f"{self.id} ({self.tool}): {self.observation}"
         r = self.region
         box = ", ".join(f"{v:.0f}" for v in r.get("box", []))
         label = f" {r['label']!r}" if r.get("label") else ""
         score = f" score {r['score']:.2f}" if r.get("score") is not None else ""
+        points = r.get("points")
+        if isinstance(points, list) and points and all(isinstance(p, dict) and "time" in p for p in points):
+            span = f"{float(points[0]['time']):.2f}-{float(points[-1]['time']):.2f} s"  # a track: boxes over time
+            return f"{self.id} ({self.tool}, {r.get('image', '')}){label}{score} {span}, {len(points)} boxes, first box [{box}]"
         return f"{self.id} ({self.tool}, {r.get('image', '')}){label}{score} box [{box}]"
 
     def __str__(self) -> str:

@@ -239,12 +239,25 @@ def crossing_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ARGS = {"video": "vid_0", "labels": ["square"], "fps": 5, "box_threshold": 0.0, "track_threshold": 0.0, "min_track_length": 2}
+QUESTION = "How many squares walked past?"
 
 
-def test_track_tool_through_the_agent(make_agent, crossing_video: Path) -> None:
-    plan = [{"tool": "track", "args": ARGS}, {"final": "1 square passed [trk_1_0]", "evidence": ["trk_1_0"]}]
-    run = make_agent(plan).stream("How many squares passed?", [str(crossing_video)])
+@pytest.fixture(scope="module")
+def tracked(tiny_config, shared_pool, crossing_video: Path):
+    """One run: ``track`` on the crossing video, then a final citing trk_1_0 with a wrong count;
+    its trace is written beside the video (``trace.jsonl``)."""
+    from visagent.agent import Agent
+    from visagent.planners import ScriptedPlanner
+
+    plan = [{"tool": "track", "args": ARGS}, {"final": "99 squares walked past [trk_1_0].", "evidence": ["trk_1_0", "obs_1"]}]
+    agent = Agent(tiny_config, planner=ScriptedPlanner(plan), pool=shared_pool)
+    run = agent.stream(QUESTION, [str(crossing_video)], trace_path=crossing_video.with_name("trace.jsonl"))
     answer = run.result()
+    return answer, run
+
+
+def test_track_tool_through_the_agent(tracked) -> None:
+    answer, run = tracked
     step = tool_steps(answer)[0]
     assert step.tool == "track", answer.trace.steps
     out = TrackOutput.model_validate(step.output)
@@ -252,6 +265,7 @@ def test_track_tool_through_the_agent(make_agent, crossing_video: Path) -> None:
     assert out.count == len(out.tracks) == sum(out.counts.values()) and set(out.counts) == {"square"}
     assert out.min_track_length == 2 and all(len(t.points) >= 2 for t in out.tracks)
     assert out.tracker.startswith("ByteTrack (trackers ")
+    assert out.tracks, step.observation  # the tiny detector's (random, fixed) boxes repeat on similar frames
     for i, t in enumerate(out.tracks):
         assert t.id == f"trk_1_{i}" and t.image == "vid_0" and t.label == "square"
         times = [p.time for p in t.points]
@@ -262,11 +276,22 @@ def test_track_tool_through_the_agent(make_agent, crossing_video: Path) -> None:
     assert firsts == sorted(firsts)
     for text in ("box_threshold 0", "track_threshold 0", "lost_seconds 1", f"distinct {out.count} 'square'", "shorter track"):
         assert text in step.observation
-    assert out.tracks, step.observation  # the tiny detector's (random, fixed) boxes repeat on similar frames
     assert answer.ok, answer.error
     ev = answer.evidence[0]  # the cited track resolves to its boxes over time
     assert ev.id == "trk_1_0" and ev.tool == "track" and len(ev.region["points"]) == len(out.tracks[0].points)
+    assert f"{out.tracks[0].first_seen:.2f}-{out.tracks[0].last_seen:.2f} s" in ev.describe()
     assert isinstance(run.session.region("trk_1_0"), TrackRegion)
+
+
+def test_track_replays_from_its_trace(tracked, crossing_video: Path) -> None:
+    from visagent.pool import ModelPool
+    from visagent.replay import replay
+
+    answer, _ = tracked
+    result = replay(crossing_video.with_name("trace.jsonl"), pool=ModelPool())
+    assert result.same and result.ran == 0 and result.served == 1
+    assert [e.region for e in result.answer.evidence] == [e.region for e in answer.evidence]
+    assert result.answer.warnings == answer.warnings
 
 
 def test_track_tool_errors(make_agent, crossing_video: Path) -> None:
@@ -275,28 +300,26 @@ def test_track_tool_errors(make_agent, crossing_video: Path) -> None:
         {"tool": "track", "args": {**ARGS, "start": 9.0}},
         {"final": "no idea"},
     ]
-    answer = make_agent(plan).stream("How many squares passed?", [str(crossing_video)]).result()
+    answer = make_agent(plan).stream(QUESTION, [str(crossing_video)]).result()
     errors = [s.message for s in answer.trace.steps if s.type == "error"]
     assert any("more than max_frames (5)" in m for m in errors), errors
     assert any("past the end of the video" in m for m in errors), errors
 
 
 # -- grounding ------------------------------------------------------------------------------------
-def test_distinct_count_answer_is_cross_checked_against_the_tracks(make_agent, crossing_video: Path) -> None:
+def test_distinct_count_answer_is_cross_checked_against_the_tracks(tracked) -> None:
     from types import SimpleNamespace
 
     from visagent.grounding import GroundingPolicy
     from visagent.types import Final
 
-    plan = [{"tool": "track", "args": ARGS}, {"final": "99 squares walked past.", "evidence": ["obs_1"]}]
-    answer = make_agent(plan).stream("How many squares walked past?", [str(crossing_video)]).result()
-    assert answer.ok, answer.error
+    answer, _ = tracked
     count = tool_steps(answer)[0].output["count"]
     assert count != 99
     assert any(w.startswith("track cross-check: the answer says 99") and f"counted {count} distinct 'square'" in w for w in answer.warnings)
     # the same run's steps with the tool's number: no warning
     run = SimpleNamespace(
-        question="How many squares walked past?", trace=answer.trace, max_steps=10, step_number=2, tools=["track"],
+        question=QUESTION, trace=answer.trace, max_steps=10, step_number=2, tools=["track"],
         resolvable=lambda i: True, known_ids=lambda: [],
     )  # fmt: skip
     policy = GroundingPolicy()
@@ -307,8 +330,84 @@ def test_distinct_count_answer_is_cross_checked_against_the_tracks(make_agent, c
 
 
 def test_distinct_count_on_a_video_without_track_warns(make_agent, crossing_video: Path) -> None:
-    plan = [{"tool": "video_frames", "args": {"video": "vid_0", "frames": 2}}, {"final": "2 squares.", "evidence": ["obs_1"]}]
+    plan = [{"final": "2 squares.", "evidence": []}]
     answer = make_agent(plan).stream("How many different squares crossed the frame?", [str(crossing_video)]).result()
     assert any("no track tool ran" in w for w in answer.warnings), answer.warnings
     plain = make_agent(plan).stream("What moves?", [str(crossing_video)]).result()
     assert not any("track cross-check" in w for w in plain.warnings)
+
+
+# -- --show and the report ----------------------------------------------------------------------
+def test_show_writes_an_annotated_video_and_a_track_sheet(tracked, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from visagent.errors import UsageError
+    from visagent.render import render_answer
+    from visagent.tools.video import probe
+
+    answer, run = tracked
+    track = answer.evidence[0].region
+    for suffix in (".mp4", ".webm"):
+        out = tmp_path / f"show{suffix}"
+        render_answer(answer, run.media, out)
+        frames = list(iter_frames(str(out)))
+        meta = probe(str(out))
+        assert (meta.width, meta.height) == (W, H) and len(frames) >= len(track["points"])
+        if suffix == ".mp4":  # the track's box is drawn where it was seen: its outline differs from the source frame
+            src = {f.index: f for f in iter_frames(str(run.media.video_path("vid_0")))}
+            p = track["points"][len(track["points"]) // 2]
+            drawn = next(f for f in frames if abs(f.timestamp - p["time"]) < 1e-3)
+            x0, y0, x1, y1 = (int(round(v)) for v in p["box"])
+            edge = (slice(max(y0, 0), min(y1 + 1, H)), slice(max(x0, 0), min(x0 + 2, W)))
+            diff = np.abs(np.asarray(drawn.image, float)[edge] - np.asarray(src[p["frame"]].image, float)[edge]).mean()
+            assert diff > 20, diff
+    png = tmp_path / "show.png"
+    render_answer(answer, run.media, png)
+    sheet = Image.open(png)
+    assert sheet.width >= 480 and sheet.height > H * 2  # frames along the track, then its timeline
+    no_tracks = answer.model_copy(update={"evidence": [e for e in answer.evidence if e.kind != "region"]})
+    with pytest.raises(UsageError, match="cites none"):
+        render_answer(no_tracks, run.media, tmp_path / "none.mp4")
+
+
+def test_report_has_a_track_timeline_and_plays_the_video(tracked, tmp_path: Path) -> None:
+    import base64
+    import re
+
+    from visagent.report import report_html
+    from visagent.tools.video import probe
+
+    answer, run = tracked
+    html = report_html(answer, run.media)
+    out = tool_steps(answer)[0].output
+    assert html.count('<g class="track') == len(out["tracks"])
+    assert '<g class="track cited" data-id="trk_1_0">' in html
+    video = re.search(r'<video class="video" data-id="vid_0"[^>]* src="data:video/webm;base64,([A-Za-z0-9+/=]+)"', html)
+    assert video is not None
+    path = tmp_path / "played.webm"
+    path.write_bytes(base64.b64decode(video.group(1)))
+    assert len(list(iter_frames(str(path)))) == probe(str(run.media.video_path("vid_0"))).frames  # the whole video
+    assert re.search(r"trk_1_0 square [0-9.]+ on vid_0: [0-9.]+-[0-9.]+ s, \d+ boxes", html)
+
+
+def test_report_plays_the_video_in_headless_chromium(tracked, tmp_path: Path) -> None:
+    from tests.test_report import CHROMIUM_ARGS, _chromium_or_skip
+    from visagent.report import write_report
+
+    exe = _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    answer, run = tracked
+    out = tmp_path / "report.html"
+    write_report(answer, run.media, out)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(out.as_uri())
+            page.wait_for_function("() => document.querySelector('video.video').readyState >= 2", timeout=20_000)
+            duration = page.eval_on_selector("video.video", "v => v.duration")
+            assert duration == pytest.approx(CROSSING.seconds, abs=0.3)
+            assert page.locator("svg.timeline g.track").count() == len(tool_steps(answer)[0].output["tracks"])
+        finally:
+            browser.close()
