@@ -473,15 +473,20 @@ def test_gta_whitelist_blacklist_and_null_answers(tmp_path: Path) -> None:
 
 
 def test_prediction_from_an_agent_answer() -> None:
+    import visagent.tools.detect  # noqa: F401  (declares the det_ region ids)
+    from visagent.eval.base import answer_text
+
+    assert answer_text(Answer(answer="There are 2 cups [det_1_0, det_1_1].")) == "There are 2 cups."
+    assert answer_text(Answer(answer="yes (obs_2)")) == "yes"
     region = Evidence(id="det_1_0", kind="region", tool="detect", step=1, call=1, region={"box": [1, 2, 30, 40], "image": "img_0"})
     ocr = Evidence(id="obs_2", kind="observation", tool="ocr", step=2, call=2, observation="text")
     answer = Answer(answer="There are 3 cups [det_1_0].", evidence=[ocr, region])
     item = EvalItem(id="7", media=[], question="q", task="count", count=3)
-    assert get_adapter("tallyqa").prediction(item, answer) == Prediction(id="7", answer=answer.answer, count=3.0)
+    assert get_adapter("tallyqa").prediction(item, answer) == Prediction(id="7", answer="There are 3 cups.", count=3.0)
     grounding = get_adapter("refcoco").prediction(item.model_copy(update={"task": "grounding"}), answer)
     assert grounding.box == [1.0, 2.0, 30.0, 40.0]
     assert get_adapter("refcoco").prediction(item, Answer(answer="somewhere")).box is None
-    assert get_adapter("vqav2").prediction(item, answer).answer == answer.answer
+    assert get_adapter("vqav2").prediction(item, answer).answer == "There are 3 cups."
 
 
 def test_every_format_round_trips_its_results_file(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,9 +92,10 @@ class Adapter(ABC):
         """The per-item metrics (keys: ``metrics``); ``None`` (no prediction) scores the worst values."""
 
     def prediction(self, item: EvalItem, answer: Any) -> Prediction:
-        """A ``Prediction`` from a visagent ``Answer``: its text; for counting also the first number
-        it states; for grounding the box of the first cited region."""
-        text = str(getattr(answer, "answer", "") or "")
+        """A ``Prediction`` from a visagent ``Answer``: its text without the cited ids
+        (``answer_text``); for counting also the first number it states; for grounding the box of
+        the first cited region."""
+        text = answer_text(answer)
         pred = Prediction(id=item.id, answer=text)
         if self.task == "count":
             from visagent.grounding import answer_number
@@ -105,6 +107,22 @@ class Adapter(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+_EMPTY_BRACKETS = re.compile(r"\s*(?:\[[\s,;]*\]|\([\s,;]*\))")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
+
+
+def answer_text(answer: Any) -> str:
+    """An ``Answer``'s text as a benchmark sees it: region / observation ids it cites removed, with
+    the brackets they leave empty (``"2 cups [det_1_0, det_1_1]."`` -> ``"2 cups."``)."""
+    from visagent import ids
+
+    text = str(getattr(answer, "answer", answer) or "")
+    text = ids.any_id_in_text_re().sub("", text)
+    text = _EMPTY_BRACKETS.sub("", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    return " ".join(text.split())
 
 
 def cited_box(answer: Any) -> list[float] | None:

@@ -72,7 +72,8 @@ def format_table(summary: dict[str, Any]) -> str:
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    title = f"{summary.get('format', '?')}: {summary.get('n', 0)} items, {summary.get('missing', 0)} without a prediction"
+    n = summary.get("n", 0)
+    title = f"{summary.get('format', '?')}: {n} item{'' if n == 1 else 's'}, {summary.get('missing', 0)} without a prediction"
     if summary.get("dataset"):
         title += f" ({summary['dataset']})"
     out = [title, line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
