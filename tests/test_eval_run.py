@@ -206,6 +206,20 @@ def test_every_item_failing_exits_1_and_server_is_ignored(capsys: Any, tmp_path:
     assert err.strip().splitlines()[-1].startswith("error: every item failed; first error: MediaError")
 
 
+def test_traces_and_an_unwritable_out(capsys: Any, tally: Path, tmp_path: Path) -> None:
+    [cfg] = write_configs(tmp_path, {"t": "2"})
+    code, _, err = eval_cli(capsys, "run", tally, "-f", "tallyqa", "-c", cfg, "-p", "tiny", "-o", tmp_path / "out", "--limit", 2, "--traces", "--json")
+    assert code == 0, err
+    traces = sorted((tmp_path / "out" / "t" / "traces").glob("*.jsonl"))
+    assert [p.stem for p in traces] == ["1000", "1001"]
+    lines = [json.loads(line) for line in traces[0].read_text().splitlines()]
+    assert lines[0]["type"] == "meta" and lines[0]["question"].startswith("How many dots") and lines[-1]["type"] == "answer"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = eval_cli(capsys, "run", tally, "-f", "tallyqa", "-c", cfg, "-p", "tiny", "-o", blocker, "--json")
+    assert code == 3 and err.strip().splitlines()[-1].startswith("error: cannot write"), err
+
+
 @pytest.mark.parametrize("args, words", [
     (["run", "{tally}", "-f", "nope"], "unknown eval format 'nope'"),
     (["run", "{tmp}/absent", "-f", "tallyqa"], "does not exist"),

@@ -10,6 +10,7 @@ records, results files, a comparison (JSON, CSV) and an HTML report under ``--ou
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -41,11 +42,12 @@ def register(app: typer.Typer) -> None:
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for records, results files, comparison and report")] = Path("eval-out"),
         resume: Annotated[bool, typer.Option(help="skip the items already recorded under --out")] = False,
         baseline: Annotated[Optional[str], typer.Option(help="config the others are compared with (default: the first)")] = None,
+        traces: Annotated[bool, typer.Option("--traces", help="also keep each item's trace: OUT/<config>/traces/<id>.jsonl")] = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Answer every item of DATASET with each config; records, comparison and an HTML report."""
-        from visagent.cli import Exit, _load_config, err, out, tiny_note
-        from visagent.eval.runner import RunSpec, config_names, run_eval
+        from visagent.cli import EXIT_WRITE, Exit, _load_config, err, out, tiny_note
+        from visagent.eval.runner import OutputError, RunSpec, config_names, run_eval
 
         paths = list(configs or [])
         for p in paths:
@@ -61,9 +63,12 @@ def register(app: typer.Typer) -> None:
         if any(s.config.profile == "tiny" for s in specs) and not as_json:
             tiny_note()
         progress, on_start, on_record = _progress(err, enabled=not as_json)
-        with progress:
-            result = run_eval(dataset, fmt, specs, out_dir, limit=limit, workers=workers, resume=resume, max_steps=max_steps,
-                              baseline=baseline, on_start=on_start, on_record=on_record)  # fmt: skip
+        try:
+            with progress:
+                result = run_eval(dataset, fmt, specs, out_dir, limit=limit, workers=workers, resume=resume, max_steps=max_steps,
+                                  traces=traces, baseline=baseline, on_start=on_start, on_record=on_record)  # fmt: skip
+        except OutputError as exc:
+            raise Exit(EXIT_WRITE, str(exc)) from None
         if as_json:
             import json
 
@@ -111,15 +116,18 @@ def _progress(console: Any, enabled: bool) -> tuple[Any, Any, Any]:
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled,
     )  # fmt: skip
     tasks: dict[str, Any] = {}
+    failed: dict[str, int] = {}
+    lock = threading.Lock()
 
     def on_start(name: str, total: int, resumed: int) -> None:
         label = f"{name} ({resumed} resumed)" if resumed else name
         tasks[name] = progress.add_task(label, total=total, failed=0)
+        failed[name] = 0
 
-    def on_record(name: str, record: dict[str, Any]) -> None:
-        task = tasks[name]
-        failed = progress.tasks[task].fields.get("failed", 0) + (record.get("status") != "ok")
-        progress.update(task, advance=1, failed=failed)
+    def on_record(name: str, record: dict[str, Any]) -> None:  # called from the worker threads
+        with lock:
+            failed[name] += record.get("status") != "ok"
+            progress.update(tasks[name], advance=1, failed=failed[name])
 
     return progress, on_start, on_record
 

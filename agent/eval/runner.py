@@ -15,6 +15,7 @@ Layout of ``out`` (``<name>``: the config's name)::
     <name>/<results file>  the benchmark's own results format (``adapter.write_predictions``),
                            written when the config's items are done
     <name>/summary.json    ``summarize_records``: metrics, per-category breakdown, latency, steps
+    <name>/traces/<id>.jsonl  with ``traces``: each item's trace (``visagent replay`` reads them)
 
 With ``resume`` the ids already in ``records.jsonl`` are not run again (a line cut off by a kill is
 dropped first); without it the records of an earlier run are replaced.
@@ -38,7 +39,11 @@ from visagent.secrets import scrub
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalRun", "RunSpec", "config_names", "json_safe", "percentile", "read_records", "run_eval", "summarize_records"]
+__all__ = ["EvalRun", "OutputError", "RunSpec", "config_names", "json_safe", "percentile", "read_records", "run_eval", "summarize_records"]
+
+class OutputError(UsageError):
+    """An output file under ``out`` cannot be written (the CLI exits 3, as for other output files)."""
+
 
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
@@ -119,6 +124,12 @@ def trace_stats(answer: Any) -> dict[str, Any]:
     return {"steps": len(steps), "tool_calls": len(tools), "tool_ms": tool_ms}
 
 
+def _safe_name(item_id: str) -> str:
+    """``item_id`` as a file name: characters other than letters, digits, ``-``, ``_``, ``.`` become ``_``."""
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item_id).lstrip(".")
+    return name[:120] or "item"
+
+
 def _truth(item: Any) -> dict[str, Any]:
     truth: dict[str, Any] = {}
     if item.answers:
@@ -193,6 +204,7 @@ class EvalRun:
     workers: int = 1
     resume: bool = False
     max_steps: int | None = None
+    traces: bool = False
     pool: Any = None
     on_start: Callable[[str, int, int], None] | None = None
     on_record: Callable[[str, dict[str, Any]], None] | None = None
@@ -245,7 +257,7 @@ class EvalRun:
             elif path.exists():
                 path.unlink()
         except OSError as exc:
-            raise UsageError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write into {folder}: {exc.strerror or exc}") from None
         previous = {r["id"]: r for r in read_records(path)} if self.resume else {}
         todo = [it for it in self.items if it.id not in previous]
         resumed = len(self.items) - len(todo)
@@ -254,7 +266,11 @@ class EvalRun:
         agent = self._agent(spec) if todo else None
         new: dict[str, dict[str, Any]] = {}
         lock = threading.Lock()
-        with path.open("a", encoding="utf-8") as fh:
+        try:
+            fh = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        with fh:
 
             def one(item: Any) -> None:
                 record = self._run_item(spec, agent, item)
@@ -289,7 +305,7 @@ class EvalRun:
         try:
             (folder / SUMMARY).write_text(json.dumps(json_safe(summary), indent=2, default=str) + "\n", encoding="utf-8")
         except OSError as exc:
-            raise UsageError(f"cannot write {folder / SUMMARY}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write {folder / SUMMARY}: {exc.strerror or exc}") from None
 
     def _write_results(self, spec: RunSpec, records: Sequence[dict[str, Any]]) -> None:
         from visagent.eval.base import Prediction
@@ -299,7 +315,7 @@ class EvalRun:
         try:
             self.adapter.write_predictions(preds, path)
         except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def _run_item(self, spec: RunSpec, agent: Any, item: Any) -> dict[str, Any]:
         """Answer one item -> its record (never raises for a problem of the item itself)."""
@@ -311,7 +327,8 @@ class EvalRun:
         prediction = None
         t0 = time.perf_counter()
         try:
-            answer = agent.ask(item.question, list(item.media), max_steps=self.max_steps)
+            trace = self.folder(spec.name) / "traces" / f"{_safe_name(item.id)}.jsonl" if self.traces else None
+            answer = agent.ask(item.question, list(item.media), max_steps=self.max_steps, trace_path=trace)
         except Exception as exc:  # noqa: BLE001 - a broken item is recorded, the run goes on
             record["error"] = _one_line(exc)
         else:
@@ -365,6 +382,7 @@ def run_eval(
     workers: int = 1,
     resume: bool = False,
     max_steps: int | None = None,
+    traces: bool = False,
     baseline: str | None = None,
     pool: Any = None,
     on_start: Callable[[str, int, int], None] | None = None,
@@ -386,7 +404,7 @@ def run_eval(
     if not items:
         raise UsageError(f"no items in {folder} (format {adapter.name})")
     out = Path(out)
-    run = EvalRun(adapter, items, specs, out, workers=workers, resume=resume, max_steps=max_steps, pool=pool,
+    run = EvalRun(adapter, items, specs, out, workers=workers, resume=resume, max_steps=max_steps, traces=traces, pool=pool,
                   on_start=on_start, on_record=on_record)  # fmt: skip
     summaries = run.run()
     comparison = compare(run.records, adapter.metrics, baseline=baseline)
@@ -397,7 +415,7 @@ def run_eval(
         write_eval_report(paths["report"], fmt=adapter.name, dataset=str(folder), task=adapter.task, metrics=adapter.metrics,
                           summaries=summaries, records=run.records, comparison=comparison)  # fmt: skip
     except OSError as exc:
-        raise UsageError(f"cannot write into {out}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write into {out}: {exc.strerror or exc}") from None
     return json_safe({
         "format": adapter.name, "dataset": str(folder), "out": str(out), "items": len(items), "task": adapter.task,
         "metrics": list(adapter.metrics), "configs": summaries, "comparison": comparison,
