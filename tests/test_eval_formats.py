@@ -272,6 +272,11 @@ def test_countbenchqa_parquet_keeps_embedded_images_and_scores_counts(tmp_path: 
     assert s["metrics"]["within1"] == pytest.approx(2 / 3)
     assert s["metrics"]["abs_error"] == pytest.approx((0 + 1 + 2) / 3)
     assert s["categories"]["5"] == {"n": 1, "exact": 0.0, "within1": 1.0, "abs_error": 1.0}
+    # the Hub's converted layout (default/<split>/0000.parquet) reads the same
+    converted = tmp_path / "converted"
+    (converted / "default" / "test").mkdir(parents=True)
+    (root / "data" / "test-00000-of-00001.parquet").rename(converted / "default" / "test" / "0000.parquet")
+    assert [i.count for i in get_adapter("countbenchqa").load(converted)] == [3, 5, 2]
     bad = parquet(tmp_path / "bad" / "test-00000-of-00001.parquet", [{"image": None, "question": "q"}])
     with pytest.raises(UsageError, match="has no column 'number'"):
         get_adapter("countbenchqa").load(bad.parent)

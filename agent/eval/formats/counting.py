@@ -44,12 +44,20 @@ from visagent.eval.formats.common import (
 from visagent.eval.metrics import count_scores
 from visagent.grounding import answer_number
 
+_CONVERTED = re.compile(r"^\d{4}\.parquet$")
 _SHARD = re.compile(r"^([A-Za-z0-9_.+]+?)(?:-\d{5}-of-\d{5})?\.parquet$")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 
+PARQUET_PATTERNS = ("*.parquet", "data/*.parquet", "*/*/*.parquet")
+
+
 def parquet_split(path: Path) -> str | None:
-    """The split of a Hugging Face parquet shard name (``test-00000-of-00001.parquet`` -> ``test``)."""
+    """The split of a Hugging Face parquet file: from its name (``data/test-00000-of-00001.parquet``
+    -> ``test``), or from its folder for the Hub's converted layout (``default/val/0000.parquet``
+    -> ``val``)."""
+    if _CONVERTED.match(path.name):
+        return path.parent.name
     m = _SHARD.match(path.name)
     return m.group(1) if m else None
 
@@ -102,7 +110,7 @@ class _Counting(Adapter):
 
 
 def _parquet_files(folder: Path, what: str, preferred: tuple[str, ...]) -> tuple[str, list[Path]]:
-    return pick_split(folder, ["*.parquet", "data/*.parquet", "**/*.parquet"], parquet_split, preferred, what, expected="parquet files")
+    return pick_split(folder, PARQUET_PATTERNS, parquet_split, preferred, what, expected="parquet files")
 
 
 @register_format

@@ -45,7 +45,7 @@ from visagent.eval.formats.common import (
     records,
     write_json,
 )
-from visagent.eval.formats.counting import parquet_split
+from visagent.eval.formats.counting import PARQUET_PATTERNS, parquet_split
 from visagent.eval.metrics import box_iou, xywh_to_xyxy
 
 MAX_PICKLE_BYTES = 2_000_000_000
@@ -101,7 +101,7 @@ class _RefCOCO(Adapter):
             refs = next((root / n for n in names if (root / n).is_file()), None)
         if refs is not None:
             return self._load_refs(refs, root, limit)
-        shards = sorted(p for p in root.glob("**/*.parquet") if parquet_split(p))
+        shards = sorted({p for pattern in PARQUET_PATTERNS for p in root.glob(pattern) if parquet_split(p)})
         if shards:
             return self._load_parquet(shards, root, limit)
         raise UsageError(f"{what}: no {' / '.join(self.refs_names)} (with instances.json) and no parquet files in {root}")
