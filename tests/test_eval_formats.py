@@ -343,6 +343,11 @@ def test_tallyqa_loads_test_split_with_simple_and_complex(tmp_path: Path) -> Non
     dump(root / "test.json", [{"image": "x.jpg", "answer": 1, "question": "q", "question_id": 1}])
     with pytest.raises(UsageError, match=r"test.json entry 0: missing field 'issimple'"):
         adapter.load(root)
+    # a dataset file names images inside its folder only
+    for outside in ("../../secret.jpg", "/etc/passwd"):
+        dump(root / "test.json", [{"image": outside, "answer": 1, "question": "q", "question_id": 1, "issimple": True}])
+        with pytest.raises(UsageError, match="the image path .* points outside"):
+            adapter.load(root)
 
 
 # -- RefCOCO ----------------------------------------------------------------------------------

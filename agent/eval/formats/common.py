@@ -71,6 +71,17 @@ def pick_split(
     return choice, by_split[choice]
 
 
+def media_path(base: Path, relative: Any, what: str) -> str:
+    """``base / relative`` as an absolute path, refused (one-line ``UsageError``) when the dataset's
+    ``relative`` is absolute or climbs out of ``base`` with ``..``: a dataset file names images
+    inside its own folder only. Checked on the path as written, so folders linked in stay usable."""
+    rel = str(relative)
+    joined = os.path.normpath(os.path.join(str(base), rel))
+    if not rel or os.path.isabs(rel) or not (joined == str(base) or joined.startswith(str(base).rstrip(os.sep) + os.sep)):
+        raise UsageError(f"{what}: the image path {rel!r} points outside {base}")
+    return joined
+
+
 def read_json(path: Path, what: str) -> Any:
     """A JSON file; a missing / unreadable / invalid one is a one-line ``UsageError`` naming it."""
     path = Path(path)
@@ -220,7 +231,7 @@ def image_file(value: Any, root: Path, what: str) -> str:
             return str(target)
         value = name
     if isinstance(value, str) and value:
-        return str((root / value).resolve())
+        return media_path(root, value, what)
     raise UsageError(f"{what}: an image entry has neither bytes nor a path")
 
 

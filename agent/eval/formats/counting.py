@@ -34,6 +34,7 @@ from visagent.eval.formats.common import (
     id_str,
     image_file,
     iter_parquet,
+    media_path,
     need,
     pick_split,
     read_json,
@@ -168,13 +169,14 @@ class PixMoCount(_Counting):
             where = f"{what} {split} row {i}"
             sha = str(row["image_sha256"] or "")
             url_name = str(row["image_url"] or "").rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-            path = local.get(sha) or local.get(url_name) or local.get(Path(url_name).stem) or image_dir / f"{sha}.jpg"
+            found = local.get(sha) or local.get(url_name) or local.get(Path(url_name).stem)
+            path = str(found) if found else media_path(image_dir, f"{sha}.jpg", where)
             count = _as_int(row["count"], where)
             label = str(row["label"])
             items.append(
                 EvalItem(
                     id=str(i),
-                    media=[str(path)],
+                    media=[path],
                     question=f"How many {label} are in the image?",
                     task="count",
                     answers=[str(count)],
@@ -212,7 +214,7 @@ class TallyQA(_Counting):
             items.append(
                 EvalItem(
                     id=id_str(need(rec, "question_id", where)),
-                    media=[str(image_root / image)],
+                    media=[media_path(image_root, image, where)],
                     question=str(need(rec, "question", where)),
                     task="count",
                     answers=[str(count)],

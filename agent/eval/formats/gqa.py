@@ -20,7 +20,15 @@ from typing import ClassVar
 
 from visagent.errors import UsageError
 from visagent.eval.base import Adapter, EvalItem, Prediction, register_format
-from visagent.eval.formats.common import dataset_root, need, pick_split, read_answer_list, read_json, write_answer_list
+from visagent.eval.formats.common import (
+    dataset_root,
+    media_path,
+    need,
+    pick_split,
+    read_answer_list,
+    read_json,
+    write_answer_list,
+)
 from visagent.eval.metrics import gqa_exact, gqa_match
 
 _GQA = re.compile(r"^(.+)_(balanced|all)_questions\.json$")
@@ -62,7 +70,7 @@ class GQA(Adapter):
             items.append(
                 EvalItem(
                     id=str(qid),
-                    media=[str(root / "images" / f"{need(q, 'imageId', where)}.jpg")],
+                    media=[media_path(root / "images", f"{need(q, 'imageId', where)}.jpg", where)],
                     question=str(need(q, "question", where)),
                     task="vqa",
                     answers=[str(q["answer"])],

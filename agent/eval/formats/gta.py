@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from visagent.errors import UsageError
 from visagent.eval.base import Adapter, EvalItem, Prediction, register_format
-from visagent.eval.formats.common import dataset_root, need, read_answer_list, read_json, write_answer_list
+from visagent.eval.formats.common import dataset_root, media_path, need, read_answer_list, read_json, write_answer_list
 from visagent.eval.metrics import gta_correct
 
 log = logging.getLogger("visagent.eval")
@@ -74,7 +74,7 @@ class GTA(Adapter):
             if not question:
                 raise UsageError(f"{where}: no user turn in 'dialogs'")
             media = [
-                str(root / str(need(f, "path", f"{where} file")))
+                media_path(root, need(f, "path", f"{where} file"), where)
                 for f in need(q, "files", where)
                 if isinstance(f, dict) and str(f.get("type", "image")) == "image"
             ]

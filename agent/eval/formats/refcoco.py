@@ -39,6 +39,7 @@ from visagent.eval.formats.common import (
     id_str,
     image_file,
     iter_parquet,
+    media_path,
     need,
     read_json,
     read_jsonl_or_json,
@@ -152,7 +153,7 @@ class _RefCOCO(Adapter):
                 items.append(
                     EvalItem(
                         id=sid,
-                        media=[str(image_dir / str(need(image, "file_name", f"{where} image {image_id}")))],
+                        media=[media_path(image_dir, need(image, "file_name", f"{where} image {image_id}"), rwhere)],
                         question=refexp_question(text),
                         task="grounding",
                         answers=[text],

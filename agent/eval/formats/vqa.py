@@ -29,6 +29,7 @@ from visagent.eval.base import Adapter, EvalItem, Prediction, register_format
 from visagent.eval.formats.common import (
     dataset_root,
     id_str,
+    media_path,
     need,
     pick_split,
     read_answer_list,
@@ -137,7 +138,7 @@ class TextVQA(_VQAResults):
             items.append(
                 EvalItem(
                     id=id_str(need(rec, "question_id", where)),
-                    media=[str(image_dir / f"{image_id}.jpg")],
+                    media=[media_path(image_dir, f"{image_id}.jpg", where)],
                     question=str(need(rec, "question", where)),
                     task="vqa",
                     answers=[str(a) for a in answers],
