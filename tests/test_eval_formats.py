@@ -121,7 +121,7 @@ def test_vqav2_score_gives_the_hand_computed_accuracy_per_answer_type(tmp_path: 
         {"question_id": 99, "answer": "extra"},  # not in the dataset
     ])  # question 4 has no prediction -> 0  # fmt: skip
     s = score_predictions(root, "vqav2", preds)
-    assert s["format"] == "vqav2" and s["n"] == 4 and s["missing"] == 1 and s["extra_predictions"] == 1
+    assert s["format"] == "vqav2" and s["task"] == "vqa" and s["n"] == 4 and s["missing"] == 1 and s["extra_predictions"] == 1
     assert s["metrics"]["accuracy"] == pytest.approx((1 + 0.6 + 0 + 0) / 4)
     assert s["categories"]["yes/no"] == {"n": 1, "accuracy": pytest.approx(1.0)}
     assert s["categories"]["number"]["accuracy"] == pytest.approx(0.6)

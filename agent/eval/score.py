@@ -2,7 +2,7 @@
 running any model (what each benchmark's official evaluator does).
 
 ``score_predictions(folder, fmt, predictions)`` -> ``summarize(...)`` plus ``"format"``,
-``"dataset"``, ``"predictions"`` (the file), ``"extra_predictions"`` (predictions whose id is not
+``"task"``, ``"dataset"``, ``"predictions"`` (the file), ``"extra_predictions"`` (predictions whose id is not
 among the items scored), ``"duplicates"`` (ids predicted more than once: the last one counts) and
 ``"items"`` (item id -> its metrics; a missing prediction has the worst values and
 ``"missing": 1.0``). ``format_table(summary)`` renders it for a terminal.
@@ -45,6 +45,7 @@ def score_predictions(folder: Path, fmt: str, predictions: Path, limit: int | No
     summary = summarize(adapter, items, scores)
     summary.update(
         format=adapter.name,
+        task=adapter.task,
         dataset=str(folder),
         predictions=str(predictions),
         extra_predictions=sum(1 for pid in by_id if pid not in ids),
