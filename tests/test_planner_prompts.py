@@ -68,9 +68,10 @@ def test_prompt_snapshot() -> None:
 
 def test_examples_cover_the_task_kinds() -> None:
     system = build_messages(_state())[0]["content"][0]["text"]
-    for kind in ("Counting.", "Localization.", "Reading text.", "Video."):
+    for kind in ("Counting.", "Localization.", "Reading text.", "Video.", "Counting in a video."):
         assert kind in system
     assert '"tool": "count"' in system and '"evidence": ["det_1_0", "det_1_1"]' in system
+    assert '"tool": "track"' in system and '"evidence": ["trk_1_0", "trk_1_1", "trk_1_2"]' in system
 
 
 class DescribedIn(ToolInput):
