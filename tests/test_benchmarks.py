@@ -96,3 +96,12 @@ def test_client(tmp_path: Path) -> None:
     assert result["repeats"] == 1 and positive(result["server_first_ask_ms"]) and positive(result["speedup"])
     for mode in ("local_ms", "server_ms"):
         assert len(result[mode]["runs"]) == 1 and all(positive(x) for x in result[mode]["runs"])
+
+
+def test_video_tools(tmp_path: Path) -> None:
+    rows = run_benchmark(tmp_path, "video", "--minutes", "0.05", "--size", "160x90", "--fps", "2")
+    assert [row["tool"] for row in rows] == ["segment_video", "track"]
+    for row in rows:
+        assert row["frames"] == 6 and row["size"] == "160x90", row
+        assert positive(row["fps"]) and positive(row["peak_rss_mb"]) and row["peak_rss_mb"] >= row["warm_rss_mb"] > 0
+    assert 0 < rows[0]["peak_state_frames"] <= 6 and rows[0]["objects_with_masks"] == 2
