@@ -51,6 +51,8 @@ RunFn = Callable[[list[Any]], list[Any]]
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_WAIT_MS = 2.0
+#: model families whose built-in tools submit through a batcher (``models.<family>.max_batch``)
+BATCHED_FAMILIES = ("detect", "caption", "vqa", "search", "segment")
 
 
 class CallAbandoned(RuntimeError):
@@ -289,3 +291,11 @@ def _safe_alive(alive: Callable[[], bool]) -> bool:
         return bool(alive())
     except Exception:  # noqa: BLE001 - a broken check keeps the item
         return True
+
+
+def describe(stats: dict[str, Any]) -> str:
+    """One line for people: ``"12 batches, 40 items, mean 3.33, max 8 (sizes 1x2 2x3 8x4)"``."""
+    if not stats.get("batches"):
+        return "no batches yet"
+    sizes = " ".join(f"{n}x{c}" for n, c in stats.get("sizes", {}).items())
+    return f"{stats['batches']} batches, {stats['items']} items, mean {stats['mean_size']:g}, max {stats['max_size']} (sizes {sizes})"

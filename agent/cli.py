@@ -314,8 +314,13 @@ def samples(
 
 
 @app.command()
-def models(profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Configured checkpoint per model family, whether it is available and resident."""
+def models(
+    profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False,
+    server: Annotated[Optional[str], typer.Option("--server", help="also show the resident models of the visagent server at URL, with their batches")] = None,
+) -> None:  # fmt: skip
+    """Configured checkpoint per model family, whether it is available, and its batching; with
+    ``--server``, the server's resident models and the batches they ran (sizes, histogram)."""
+    from visagent.batching import BATCHED_FAMILIES, describe
     from visagent.checkpoints import is_available, weights_bytes
 
     cfg = _load_config(config, profile)
@@ -323,25 +328,49 @@ def models(profile: ProfileOpt = None, config: ConfigOpt = None, as_json: Annota
     for family, mc in cfg.models.items():
         ok, where = is_available(mc.checkpoint, family=family, backend=mc.backend, cache_dir=cfg.cache_path)
         size = weights_bytes(mc.checkpoint, backend=mc.backend, cache_dir=cfg.cache_path) if ok else None
+        batching = {"max_batch": mc.max_batch, "batch_wait_ms": mc.batch_wait_ms} if family in BATCHED_FAMILIES else None
         rows.append(
             {"family": family, "checkpoint": mc.checkpoint, "backend": mc.backend, "available": ok, "where": where,
-             "resident": False, "weights_bytes": size}
+             "resident": False, "weights_bytes": size, "batching": batching}
         )  # fmt: skip
+    pool = None
+    if server:
+        from visagent.client import find_server
+
+        # named for this command: it is asked even where VISAGENT_LOCAL says to run commands here
+        remote = find_server(server, environ={k: v for k, v in os.environ.items() if k != "VISAGENT_LOCAL"})
+        assert remote is not None  # a named server that cannot be used is a UsageError
+        try:
+            pool = remote._get("/v1/models").get("pool") or {}
+        except (OSError, ValueError) as exc:
+            fail_usage(f"cannot read the models of {server}: {exc}")
+        resident = {m.get("family") for m in pool.get("models", [])}
+        for r in rows:
+            r["resident"] = r["family"] in resident
     if as_json:
-        sys.stdout.write(json.dumps({"profile": cfg.profile, "models": rows}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"profile": cfg.profile, "models": rows} | ({"pool": pool} if server else {}), indent=2) + "\n")
         return
     from rich.table import Table
 
     table = Table(
         title=f"models (profile {cfg.profile})",
-        caption="none resident: a CLI process loads models only while it runs (GET /v1/models on a server shows resident ones)",
+        caption=None if server else "none resident: a CLI process loads models only while it runs (--server URL shows a server's resident ones)",
     )
-    for col in ("family", "backend", "checkpoint", "available", "weights on disk"):
+    for col in ("family", "backend", "checkpoint", "available", "weights on disk", "batching"):
         table.add_column(col, overflow="fold", no_wrap=col in ("family", "backend"))
     for r in rows:
         size = "" if r["weights_bytes"] is None else f"{r['weights_bytes'] / 1e6:.1f} MB"
-        table.add_row(r["family"], r["backend"], r["checkpoint"], ("yes: " if r["available"] else "[red]no[/red]: ") + r["where"], size)
+        b = r["batching"]
+        how = "" if b is None else ("off (max_batch 1)" if b["max_batch"] == 1 else f"max {b['max_batch']}, wait {b['batch_wait_ms']:g} ms")
+        table.add_row(r["family"], r["backend"], r["checkpoint"], ("yes: " if r["available"] else "[red]no[/red]: ") + r["where"], size, how)
     out.print(table)
+    if pool is not None:
+        resident_table = Table(title=f"resident on {server}: {describe(pool.get('batching') or {})}")
+        for col in ("model", "size", "uses", "batches"):
+            resident_table.add_column(col, overflow="fold")
+        for m in pool.get("models", []):
+            resident_table.add_row(m["key"], f"{m['bytes'] / 1e6:.1f} MB", str(m["uses"]), describe(m.get("batching") or {}))
+        out.print(resident_table)
 
 
 @app.command()

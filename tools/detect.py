@@ -422,6 +422,8 @@ class GroundingDinoOfficial(_GroundingDino):
         pixels, _ = transform(image, None)
         return pixels
 
+    _official_pixels = pixels  # groundingdino's own preprocessing (``load_image``)
+
 
 @dataclass
 class Owlv2Detector(_DetectorBase):

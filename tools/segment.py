@@ -16,6 +16,15 @@ The image embedding is computed once per (image, model) and kept in the run's me
 call records ``ctx.cache["sam_image_embedding"] = "hit" | "miss"``. All prompts of one call are
 decoded in one batch (one mask-decoder call).
 
+Batching across runs: ``embed_many(images)`` runs the image encoder once over the images of
+concurrent calls (the processors resize and pad every image to the same square input, so images of
+any size share one forward; each keeps its own original / input size for post-processing), and
+``decode_many(requests)`` runs the mask decoder over the prompts of concurrent calls: transformers
+backends flatten every prompt into a row with its image's embedding and decode rows of the same
+prompt structure (box or not, number of points, multimask) in one call; the official backend decodes
+request by request (its ``SamPredictor`` holds one image at a time). ``embed`` / ``decode`` are the
+batch of one.
+
 Masks: one per box (or one for the point set when no boxes are given), at the original image size,
 as COCO RLE (``{"size": [h, w], "counts": str}``, pycocotools, column-major) with area (pixels),
 box (tight [x0, y0, x1, y1] pixels of the mask, x1/y1 exclusive; the prompt box when the mask is
@@ -35,7 +44,7 @@ from pydantic import Field, model_validator
 
 from visagent.errors import ToolError
 from visagent.tools.base import Region, Tool, ToolInput, ToolOutput, clip_text
-from visagent.tools.models import autocast, checked_config, register_loader
+from visagent.tools.models import autocast, batched, checked_config, register_loader
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -170,6 +179,33 @@ class Segmenter(Protocol):
 
     def decode(self, state: dict[str, Any], prompts: Prompts) -> tuple["torch.Tensor", "torch.Tensor"]: ...
 
+    def embed_many(self, images: list["Image.Image"]) -> list[dict[str, Any]]: ...
+
+    def decode_many(self, requests: list["DecodeRequest"]) -> list[tuple["torch.Tensor", "torch.Tensor"]]: ...
+
+
+@dataclass
+class DecodeRequest:
+    """One mask-decoder call: an embedding ``state`` (from ``embed``) and its ``prompts``."""
+
+    state: dict[str, Any]
+    prompts: Prompts
+
+
+def _split_embeddings(embeddings: Any, i: int) -> Any:
+    """Image ``i`` of batched embeddings: a (B, ...) tensor, or a list of them (SAM 2 levels)."""
+    if isinstance(embeddings, (list, tuple)):
+        return [e[i : i + 1] for e in embeddings]
+    return embeddings[i : i + 1]
+
+
+def _cat_embeddings(parts: list[Any]) -> Any:
+    import torch
+
+    if isinstance(parts[0], (list, tuple)):
+        return [torch.cat([p[level] for p in parts]) for level in range(len(parts[0]))]
+    return torch.cat(parts)
+
 
 @dataclass
 class _SamBase:
@@ -190,17 +226,35 @@ class _SamBase:
         return autocast(self.device, self.dtype, enabled=self.backend == "official")
 
     def embed(self, image: "Image.Image") -> dict[str, Any]:
+        return self.embed_many([image])[0]
+
+    def embed_many(self, images: list["Image.Image"]) -> list[dict[str, Any]]:
+        """The embedding state of each image (one image-encoder forward for all)."""
         import torch
 
+        if not images:
+            return []
         with torch.inference_mode(), self._autocast():
-            return self._embed(image.convert("RGB"))
+            return self._embed_many([im.convert("RGB") for im in images])
 
     def decode(self, state: dict[str, Any], prompts: Prompts) -> tuple["torch.Tensor", "torch.Tensor"]:
+        return self.decode_many([DecodeRequest(state, prompts)])[0]
+
+    def decode_many(self, requests: list[DecodeRequest]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+        """Per request: (masks bool (B, H, W) at its image's original size, scores float (B,))."""
         import torch
 
+        if not requests:
+            return []
         with torch.inference_mode(), self._autocast():
-            masks, scores = self._decode(state, prompts)
-        return masks, scores.float()
+            outs = self._decode_many(requests)
+        return [(masks, scores.float()) for masks, scores in outs]
+
+    def _embed_many(self, images: list["Image.Image"]) -> list[dict[str, Any]]:
+        return [self._embed(im) for im in images]
+
+    def _decode_many(self, requests: list[DecodeRequest]) -> list[tuple[Any, Any]]:
+        return [self._decode(r.state, r.prompts) for r in requests]
 
     def _embed(self, image: "Image.Image") -> dict[str, Any]:
         raise NotImplementedError
@@ -219,20 +273,28 @@ class SamTransformers(_SamBase):
     def image_encoder(self) -> Any:
         return self.model.vision_encoder
 
-    def _input_size(self, inputs: Any) -> tuple[int, int]:
-        return tuple(int(v) for v in inputs["reshaped_input_sizes"][0])  # type: ignore[return-value]
+    def _input_size(self, inputs: Any) -> tuple[int, int] | None:
+        """The model's input size when it is the same for every image (None: per image)."""
+        return None
 
     def _post_process(self, low_res: Any, state: dict[str, Any]) -> Any:
         return self.processor.image_processor.post_process_masks([low_res], [state["original_size"]], [state["input_size"]])[0][:, 0]
 
     def _embed(self, image: "Image.Image") -> dict[str, Any]:
-        inputs = self.processor(images=image, return_tensors="pt")
+        return self._embed_many([image])[0]
+
+    def _embed_many(self, images: list["Image.Image"]) -> list[dict[str, Any]]:
+        inputs = self.processor(images=images, return_tensors="pt")
         embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
-        return {
-            "embeddings": embeddings,
-            "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
-            "input_size": self._input_size(inputs),
-        }
+        input_size = self._input_size(inputs)
+        return [
+            {
+                "embeddings": _split_embeddings(embeddings, i),
+                "original_size": tuple(int(v) for v in inputs["original_sizes"][i]),
+                "input_size": input_size if input_size is not None else tuple(int(v) for v in inputs["reshaped_input_sizes"][i]),
+            }
+            for i in range(len(images))
+        ]
 
     def _prompt_tensors(self, prompts: Prompts, scale_x: float, scale_y: float) -> dict[str, Any]:
         """Prompts scaled to the model's resized frame: boxes (B, 4), points (B, N, 2), labels (B, N)."""
@@ -270,6 +332,54 @@ class SamTransformers(_SamBase):
         low_res = low_res[rows, best].unsqueeze(1).float()  # (B, 1, h, w): upsample only the kept masks
         return self._post_process(low_res, state), iou[rows, best]
 
+    def _decode_many(self, requests: list[DecodeRequest]) -> list[tuple[Any, Any]]:
+        import torch
+
+        # every prompt row of every request, grouped by structure: one decoder call per group
+        rows: list[tuple[int, int]] = []
+        tensors = []
+        groups: dict[tuple[bool, int, bool], list[int]] = {}
+        for r, req in enumerate(requests):
+            oh, ow = req.state["original_size"]
+            ih, iw = req.state["input_size"]
+            t = self._prompt_tensors(req.prompts, iw / ow, ih / oh)
+            tensors.append(t)
+            n_points = 0 if t["points"] is None else int(t["points"].shape[1])
+            key = (t["boxes"] is not None, n_points, req.prompts.multimask)
+            for b in range(req.prompts.batch):
+                groups.setdefault(key, []).append(len(rows))
+                rows.append((r, b))
+        low_rows: list[Any] = [None] * len(rows)
+        iou_rows: list[Any] = [None] * len(rows)
+        for (has_boxes, n_points, multimask), members in groups.items():
+            kwargs: dict[str, Any] = {}
+            if has_boxes:
+                kwargs["input_boxes"] = torch.stack([tensors[rows[n][0]]["boxes"][rows[n][1]] for n in members])[:, None].to(
+                    self.device, self.dtype
+                )  # (R, 1, 4)
+            if n_points:
+                kwargs["input_points"] = torch.stack([tensors[rows[n][0]]["points"][rows[n][1]] for n in members])[:, None].to(
+                    self.device, self.dtype
+                )  # (R, 1, N, 2)
+                kwargs["input_labels"] = torch.stack([tensors[rows[n][0]]["labels"][rows[n][1]] for n in members])[:, None].to(
+                    self.device
+                )  # (R, 1, N)
+            embeddings = _cat_embeddings([requests[rows[n][0]].state["embeddings"] for n in members])
+            out = self.model(image_embeddings=embeddings, multimask_output=multimask, **kwargs)
+            low_res = out.pred_masks[:, 0]  # (R, M, h, w)
+            iou = out.iou_scores[:, 0]  # (R, M)
+            best = iou.argmax(dim=1)
+            idx = torch.arange(low_res.shape[0], device=low_res.device)
+            for j, n in enumerate(members):
+                low_rows[n] = low_res[idx[j], best[j]]
+                iou_rows[n] = iou[idx[j], best[j]]
+        results = []
+        for r, req in enumerate(requests):
+            mine = [n for n, (rr, _) in enumerate(rows) if rr == r]
+            low = torch.stack([low_rows[n] for n in mine]).unsqueeze(1).float()  # (B, 1, h, w)
+            results.append((self._post_process(low, req.state), torch.stack([iou_rows[n] for n in mine])))
+        return results
+
 
 @dataclass
 class Sam2Transformers(SamTransformers):
@@ -277,7 +387,7 @@ class Sam2Transformers(SamTransformers):
 
     kind: ClassVar[str] = "sam2"
 
-    def _input_size(self, inputs: Any) -> tuple[int, int]:
+    def _input_size(self, inputs: Any) -> tuple[int, int] | None:
         side = int(self.processor.target_size)
         return side, side
 
@@ -295,6 +405,26 @@ class SamOfficial(_SamBase):
     @property
     def image_encoder(self) -> Any:
         return self.model.image_encoder
+
+    def _embed_many(self, images: list["Image.Image"]) -> list[dict[str, Any]]:
+        """``SamPredictor.set_image``'s steps (resize the longest side, ``Sam.preprocess``: normalize
+        and pad to the square input) for each image, then one image-encoder forward for all."""
+        import numpy as np
+        import torch
+
+        predictor = self.processor
+        inputs, sizes = [], []
+        for image in images:
+            arr = np.asarray(image)
+            resized = predictor.transform.apply_image(arr)
+            t = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()[None]
+            sizes.append((tuple(arr.shape[:2]), tuple(t.shape[-2:])))
+            inputs.append(self.model.preprocess(t))
+        features = self.model.image_encoder(torch.cat(inputs))
+        return [
+            {"features": features[i : i + 1], "original_size": original, "input_size": input_size}
+            for i, (original, input_size) in enumerate(sizes)
+        ]
 
     def _embed(self, image: "Image.Image") -> dict[str, Any]:
         import numpy as np
@@ -531,17 +661,17 @@ class Segment(Tool):
         width, height = image.size
         prompts, sources = self._prompts(input, ctx, width, height)
         key = ctx.model_key(FAMILY)
-        with ctx.model(FAMILY) as bundle:
+        with batched(ctx, FAMILY) as m:
             cache = ctx.media_cache(input.image)
-            cache_key = f"{CACHE_EVENT}:{bundle.backend}:{key}"
+            cache_key = f"{CACHE_EVENT}:{m.model.backend}:{key}"
             state = cache.get(cache_key)
             if state is None:
                 ctx.cache[CACHE_EVENT] = "miss"
-                state = bundle.embed(image)
+                state = m.submit("embed_many", image)
                 cache[cache_key] = state
             else:
                 ctx.cache[CACHE_EVENT] = "hit"
-            masks_t, scores_t = bundle.decode(state, prompts)
+            masks_t, scores_t = m.submit("decode_many", DecodeRequest(state, prompts))
             masks = masks_t.cpu().numpy().astype(bool)
             scores = scores_t.cpu().tolist()
         if masks.shape[1:] != (height, width):  # pragma: no cover - a backend bug, not user input
