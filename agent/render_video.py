@@ -45,7 +45,9 @@ CODECS = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx", "yuv420p")}
 def is_track(region: Mapping[str, Any]) -> bool:
     """A region with sightings over time (``points``: dicts with ``time`` and ``box``)."""
     points = region.get("points")
-    return isinstance(points, list) and bool(points) and all(isinstance(p, Mapping) and "time" in p and "box" in p for p in points)
+    return (
+        isinstance(points, list) and bool(points) and all(isinstance(p, Mapping) and "time" in p and "box" in p for p in points)
+    )
 
 
 def tracks_in(regions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -85,7 +87,9 @@ def _seen_at(track: Mapping[str, Any], t: float, hold: float) -> Mapping[str, An
     return best
 
 
-def track_frame(image: Image.Image, tracks: Sequence[Mapping[str, Any]], t: float, *, colors: Sequence[int] | None = None) -> Image.Image:
+def track_frame(
+    image: Image.Image, tracks: Sequence[Mapping[str, Any]], t: float, *, colors: Sequence[int] | None = None
+) -> Image.Image:
     """``image`` (the frame at ``t`` seconds) with each track's trail up to ``t`` and its box, id
     and label where it is seen near ``t``. ``colors``: a palette index per track (default: its position)."""
     img = image.convert("RGB").copy()
@@ -179,7 +183,9 @@ def write_track_video(
 
 def _scale_track(track: Mapping[str, Any], fx: float, fy: float) -> dict[str, Any]:
     out = dict(track)
-    out["points"] = [dict(p, box=[p["box"][0] * fx, p["box"][1] * fy, p["box"][2] * fx, p["box"][3] * fy]) for p in track["points"]]
+    out["points"] = [
+        dict(p, box=[p["box"][0] * fx, p["box"][1] * fy, p["box"][2] * fx, p["box"][3] * fy]) for p in track["points"]
+    ]
     return out
 
 
@@ -189,7 +195,9 @@ def _span(tracks: Sequence[Mapping[str, Any]], start: float | None, end: float |
     return lo, max(hi, lo + 1e-3)
 
 
-def timeline(tracks: Sequence[Mapping[str, Any]], start: float | None = None, end: float | None = None, width: int = 720) -> Image.Image:
+def timeline(
+    tracks: Sequence[Mapping[str, Any]], start: float | None = None, end: float | None = None, width: int = 720
+) -> Image.Image:
     """One row per track: its id and label, a bar from first to last sighting, a tick per sighting;
     a time axis in seconds below. Size: ``width`` x (22 per track + 30)."""
     if not tracks:
@@ -236,7 +244,9 @@ def timeline_svg(tracks: Sequence[Mapping[str, Any]], start: float | None = None
     def x(t: float) -> float:
         return round(left + (width - left - 10) * (t - lo) / (hi - lo), 1)
 
-    parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
+    parts = [
+        f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+    ]
     for i, track in enumerate(tracks):
         r, g, b = _color(i)
         y = i * row + 4
@@ -262,7 +272,9 @@ def timeline_svg(tracks: Sequence[Mapping[str, Any]], start: float | None = None
     return "".join(parts)
 
 
-def track_sheet_tiles(video: str | Path, video_id: str, tracks: Sequence[Mapping[str, Any]], n: int = 6) -> list[tuple[Image.Image, str]]:
+def track_sheet_tiles(
+    video: str | Path, video_id: str, tracks: Sequence[Mapping[str, Any]], n: int = 6
+) -> list[tuple[Image.Image, str]]:
     """Tiles for a contact sheet of ``tracks`` on their video: ``n`` frames evenly over the tracks'
     span with boxes and trails (``track_frame``). Captions: ``vid_0 @ 1.20 s``."""
     from visagent.tools.video import read_frames_at

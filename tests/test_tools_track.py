@@ -120,7 +120,9 @@ REENTRY = Scene(
 )
 
 
-def gt_detections(scene: Scene, *, noise: int = 0, seed: int = 0, flicker: int = 0) -> list[tuple[float, int, list[RawDetection]]]:
+def gt_detections(
+    scene: Scene, *, noise: int = 0, seed: int = 0, flicker: int = 0
+) -> list[tuple[float, int, list[RawDetection]]]:
     """Per frame: (time, frame index, detections) made from the ground truth, with ``noise`` px of
     box jitter and ``flicker`` false positives that each last two frames at one place."""
     rng = random.Random(seed)
@@ -316,7 +318,10 @@ def test_distinct_count_answer_is_cross_checked_against_the_tracks(tracked) -> N
     answer, _ = tracked
     count = tool_steps(answer)[0].output["count"]
     assert count != 99
-    assert any(w.startswith("track cross-check: the answer says 99") and f"counted {count} distinct 'square'" in w for w in answer.warnings)
+    assert any(
+        w.startswith("track cross-check: the answer says 99") and f"counted {count} distinct 'square'" in w
+        for w in answer.warnings
+    )
     # the same run's steps with the tool's number: no warning
     run = SimpleNamespace(
         question=QUESTION, trace=answer.trace, max_steps=10, step_number=2, tools=["track"],

@@ -251,17 +251,27 @@ class TrackInput(ToolInput):
 
     video: str = Field(description="video id, e.g. vid_0")
     labels: list[str] = Field(description="object names to track, e.g. ['person']")
-    fps: float | None = Field(default=None, gt=0, le=120, allow_inf_nan=False, description="frames per second to sample (default: every frame)")
+    fps: float | None = Field(
+        default=None, gt=0, le=120, allow_inf_nan=False, description="frames per second to sample (default: every frame)"
+    )
     stride: int | None = Field(default=None, ge=1, le=10_000, description="take every stride-th frame instead of fps")
     start: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="start of the time range, seconds")
-    end: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="end of the time range, seconds (default: the end)")
+    end: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="end of the time range, seconds (default: the end)"
+    )
     max_frames: int = Field(default=DEFAULT_MAX_FRAMES, ge=1, le=MAX_FRAMES, description="most frames to detect on")
     box_threshold: Prob = Field(default=DEFAULT_BOX_THRESHOLD, description="minimum box score of a detection")
     text_threshold: Prob = Field(default=DEFAULT_TEXT_THRESHOLD, description="minimum label-token score")
-    track_threshold: Prob = Field(default=DEFAULT_TRACK_THRESHOLD, description="minimum score of a detection that starts a new track")
+    track_threshold: Prob = Field(
+        default=DEFAULT_TRACK_THRESHOLD, description="minimum score of a detection that starts a new track"
+    )
     match_iou: Prob = Field(default=DEFAULT_MATCH_IOU, description="minimum IoU to continue a track")
-    lost_seconds: float = Field(default=DEFAULT_LOST_SECONDS, ge=0, le=60, allow_inf_nan=False, description="a track unseen this long ends")
-    min_track_length: int = Field(default=DEFAULT_MIN_TRACK_LENGTH, ge=1, le=MAX_FRAMES, description="sightings a track needs to be counted")
+    lost_seconds: float = Field(
+        default=DEFAULT_LOST_SECONDS, ge=0, le=60, allow_inf_nan=False, description="a track unseen this long ends"
+    )
+    min_track_length: int = Field(
+        default=DEFAULT_MIN_TRACK_LENGTH, ge=1, le=MAX_FRAMES, description="sightings a track needs to be counted"
+    )
     nms_iou: Prob = Field(default=0.5, description="IoU above which boxes of one frame count once")
 
     @field_validator("labels")
@@ -366,7 +376,9 @@ def plan_sampling(duration: float, source_fps: float | None, frames: int, inp: T
     )
 
 
-def _detect_batch(bundle: Any, images: list["Image.Image"], labels: list[str], box_threshold: float, text_threshold: float) -> list[list[RawDetection]]:
+def _detect_batch(
+    bundle: Any, images: list["Image.Image"], labels: list[str], box_threshold: float, text_threshold: float
+) -> list[list[RawDetection]]:
     """Detections per image: one batched call where the detector offers ``detect_many``."""
     many = getattr(bundle, "detect_many", None)
     if many is not None:
@@ -393,9 +405,14 @@ def build_regions(ctx: Any, video_id: str, tracks: Sequence[RawTrack]) -> list[T
     for i, t in enumerate(tracks):
         out.append(
             TrackRegion(
-                id=ctx.region_id("trk", i), image=video_id, box=list(t.points[0].box), label=t.label,
-                score=round(sum(p.score for p in t.points) / len(t.points), 4), points=list(t.points),
-                first_seen=t.points[0].time, last_seen=t.points[-1].time,
+                id=ctx.region_id("trk", i),
+                image=video_id,
+                box=list(t.points[0].box),
+                label=t.label,
+                score=round(sum(p.score for p in t.points) / len(t.points), 4),
+                points=list(t.points),
+                first_seen=t.points[0].time,
+                last_seen=t.points[-1].time,
                 mean_score=round(sum(p.score for p in t.points) / len(t.points), 4),
             )  # fmt: skip
         )

@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
                 help="re-plan with the trace's recorded configuration (its checkpoints) instead of the current one",
             ),
         ] = False,
-        show: Annotated[Optional[Path], typer.Option(help="save the replayed answer's evidence drawn (PNG)")] = None,
+        show: Annotated[
+            Optional[Path], typer.Option(help="save the replayed answer's evidence drawn (PNG; .mp4/.webm: cited tracks)")
+        ] = None,
         report: Annotated[Optional[Path], typer.Option(help="save an HTML report of the replayed run")] = None,
     ) -> None:
         """Replay TRACE without models: exit 0 if it reaches the recorded answer, 1 where it diverges."""
