@@ -767,6 +767,7 @@ def create_app(agent: "Agent", settings: ServerSettings | dict[str, Any] | None 
             "served": gate.served,
             "refused": gate.refused,
             **srv.sessions.stats(),
+            **(agent.pool.health() if hasattr(agent.pool, "health") else {}),  # e.g. Ray Serve deployments
         }
 
     @app.delete(

@@ -27,6 +27,9 @@ def serve(
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="start even when configured checkpoints cannot be had (their requests fail)")
     ] = False,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="scale out on Ray Serve: each model family a deployment (config ray:; the ray extra; docs/scaling.md)")
+    ] = False,
 ) -> None:
     """Serve the agent over HTTP: POST /v1/ask, /v1/ask/stream; GET /v1/tools, /v1/models, /healthz."""
     from visagent.cli import TINY_NOTE, _load_config, err
@@ -42,6 +45,7 @@ def serve(
         args += [item for root in allow_root or [] for item in ("--allow-root", root)]
         args += ["--ui"] if ui else []
         args += ["--allow-missing"] if allow_missing else []
+        args += ["--ray"] if ray else []
         from visagent.daemon import start_detached
 
         start_detached(args, _load_config(config, profile), token=token, host=host, port=port)
@@ -69,6 +73,10 @@ def serve(
     from visagent.agent import Agent
     from visagent.server import serve as run_server
 
+    if ray:
+        from visagent import ray_serve  # without the extra: a one-line error naming it
+
+        ray_serve.check_ray_config(cfg)  # a bad ray: section fails before anything starts
     if cfg.profile == "tiny":
         err.print(f"note: {TINY_NOTE}", markup=False)
     agent = Agent(cfg, planner=planner)
@@ -99,9 +107,27 @@ def serve(
         err.print(f"warning: serving without these checkpoints (--allow-missing): {listed}", markup=False, highlight=False)
     auth = "bearer token required" if settings.token else "no auth (loopback only)"
     page = "; web page at /ui" + (" (open it once as /ui?token=TOKEN)" if settings.token else "") if settings.ui else ""
-    err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs{page}", markup=False)
     logging.getLogger("visagent").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
+    if ray:
+        _serve_on_ray(cfg, settings, planner, auth, page)
+        return
+    err.print(f"visagent serving on http://{settings.host}:{settings.port} ({auth}); docs at /docs{page}", markup=False)
     run_server(agent, settings, log_level=log_level)
+
+
+def _serve_on_ray(cfg: object, settings: object, planner: Optional[str], auth: str, page: str) -> None:
+    """``visagent serve --ray``: deploy on Ray Serve and serve until Ctrl-C (``visagent.ray_serve``)."""
+    from visagent import ray_serve
+    from visagent.cli import err
+
+    rc = cfg.ray  # type: ignore[attr-defined]
+    where = f"the Ray cluster at {rc.address}" if rc.address else "a local Ray instance"
+    err.print(f"starting on {where}: deployments {', '.join(ray_serve.served_families(cfg)) or 'none'} + ingress ...", markup=False)  # type: ignore[arg-type]
+
+    def ready(host: str, port: int) -> None:
+        err.print(f"visagent serving on Ray Serve at http://{host}:{port} ({auth}); docs at /docs{page}; Ctrl-C stops it", markup=False)
+
+    ray_serve.serve_ray(cfg, settings, planner=planner, ready=ready)  # type: ignore[arg-type]
 
 
 def missing_checkpoints(cfg: object, uses_planner_model: bool = True) -> list[tuple[str, str, str]]:
