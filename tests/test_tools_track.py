@@ -240,7 +240,7 @@ def crossing_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return CROSSING.write(tmp_path_factory.mktemp("track") / "crossing.mp4")
 
 
-ARGS = {"video": "vid_0", "labels": ["square"], "fps": 5, "box_threshold": 0.0, "track_threshold": 0.0, "min_track_length": 2}
+ARGS = {"video": "vid_0", "labels": ["square"], "fps": 2.5, "box_threshold": 0.0, "track_threshold": 0.0, "min_track_length": 2}
 QUESTION = "How many squares walked past?"
 
 
@@ -263,7 +263,7 @@ def test_track_tool_through_the_agent(tracked) -> None:
     step = tool_steps(answer)[0]
     assert step.tool == "track", answer.trace.steps
     out = TrackOutput.model_validate(step.output)
-    assert out.frames == 15 and out.fps == 5 and (out.width, out.height) == (W, H)
+    assert out.frames == 8 and out.fps == 2.5 and (out.width, out.height) == (W, H)
     assert out.count == len(out.tracks) == sum(out.counts.values()) and set(out.counts) == {"square"}
     assert out.min_track_length == 2 and all(len(t.points) >= 2 for t in out.tracks)
     assert out.tracker.startswith("ByteTrack (trackers ")
@@ -272,7 +272,7 @@ def test_track_tool_through_the_agent(tracked) -> None:
         assert t.id == f"trk_1_{i}" and t.image == "vid_0" and t.label == "square"
         times = [p.time for p in t.points]
         assert times == sorted(times) and (t.first_seen, t.last_seen) == (times[0], times[-1])
-        assert all(p.frame == round(p.time * FPS) and p.frame % 2 == 0 for p in t.points)
+        assert all(p.frame == round(p.time * FPS) and p.frame % 4 == 0 for p in t.points)
         assert t.box == t.points[0].box and t.mean_score == pytest.approx(np.mean([p.score for p in t.points]), abs=1e-3)
     firsts = [t.first_seen for t in out.tracks]
     assert firsts == sorted(firsts)
