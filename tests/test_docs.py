@@ -164,8 +164,30 @@ def load_yaml_block(block: Block, cwd: Path) -> None:
         plans_from_data(data, str(block))
     elif isinstance(data, dict) and "scenarios" in data:
         assert load_file(path), f"{block}: no scenarios"
+    elif isinstance(data, dict) and "applications" in data:
+        load_serve_config(data, cwd, str(block))
     else:
         load_config(path, environ={})
+
+
+def load_serve_config(data: dict[str, Any], cwd: Path, what: str) -> None:
+    """A Ray Serve config file (``serve deploy``): valid for Ray's own schema, and each visagent
+    application builds from its args (the visagent config it names, relative to ``cwd``)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from visagent import ray_serve
+
+    schema = ServeDeploySchema.model_validate(data)
+    built = 0
+    for application in schema.applications:
+        if application.import_path != "visagent.ray_serve:app":
+            continue
+        args = dict(application.args)
+        if "config_path" in args:
+            args["config_path"] = str(cwd / args["config_path"])
+        assert ray_serve.app(args) is not None, what
+        built += 1
+    assert built, f"{what}: no application with import_path visagent.ray_serve:app"
 
 
 def load_json_block(block: Block) -> None:
