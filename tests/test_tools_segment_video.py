@@ -49,6 +49,17 @@ def _config(**options: Any) -> Any:
 _POOL = ModelPool()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Tiny models run best on one torch thread (more oversubscribe a small shared CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(tmp_path_factory.mktemp("segvid") / "clip.mp4", [i / RATE for i in range(30)])  # 3 s
