@@ -11,8 +11,8 @@ validates the media (bad input raises there, before any step) and starts the wor
 of the ``async for``, ``aclose()``, ``stop()``, task cancellation) asks the worker to stop at the
 next step boundary: the run's generator is closed there, so a started tool call finishes but no
 further step starts. Any number of runs may be in flight at once; they share the agent's
-ModelPool (one copy of each model, one call at a time per model). The HTTP server runs every
-request through this bridge.
+ModelPool (one copy of each model; concurrent calls to one model are gathered into batched
+forwards, ``visagent.batching``). The HTTP server runs every request through this bridge.
 """
 
 from __future__ import annotations

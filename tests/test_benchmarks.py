@@ -105,3 +105,14 @@ def test_video_tools(tmp_path: Path) -> None:
         assert row["frames"] == 6 and row["size"] == "160x90", row
         assert positive(row["fps"]) and positive(row["peak_rss_mb"]) and row["peak_rss_mb"] >= row["warm_rss_mb"] > 0
     assert 0 < rows[0]["peak_state_frames"] <= 6 and rows[0]["objects_with_masks"] == 2
+
+
+def test_serving(tmp_path: Path) -> None:
+    result = run_benchmark(tmp_path, "serving", "--modes", "batched", "--levels", "2", "--requests", "2", "--calls", "1")
+    (mode,) = result["results"]
+    assert mode["mode"] == "batched" and positive(mode["peak_rss_mb"])
+    (level,) = mode["levels"]
+    assert level["clients"] == 2 and level["requests"] == 2 and level["failures"] == 0, level
+    assert positive(level["rps"]) and level["p95_ms"] >= level["p50_ms"] > 0
+    # one detector call per request: the batches of the level hold exactly the two calls
+    assert sum(int(n) * c for n, c in level["batch_sizes"].items()) == 2 and 1 <= level["max_batch"] <= 2
