@@ -81,7 +81,8 @@ def serve(
         err.print(f"note: {TINY_NOTE}", markup=False)
     agent = Agent(cfg, planner=planner)
     _ = agent.planner  # an unknown planner or a bad plan file fails here, before listening
-    missing = missing_checkpoints(cfg, uses_planner_model=str(getattr(agent.planner, "name", "")).startswith("llava"))
+    # on a Ray cluster the replicas' machines hold the checkpoints, not this one: they check at start
+    missing = [] if ray and cfg.ray.address else missing_checkpoints(cfg, uses_planner_model=str(getattr(agent.planner, "name", "")).startswith("llava"))
     if missing:
         from visagent.checkpoints import hub_why
 
