@@ -115,6 +115,18 @@ def test_tiny_checkpoint_loads_through_from_pretrained(tmp_path: Path) -> None:
     assert bundle.model.config.model_type == "sam2_video" and bundle.window == 5
     prop = bundle.start(W, H)
     assert isinstance(prop, Propagation) and prop.window == 5
+    # an image-only export (no memory weights) is refused, not run with random memory modules
+    from safetensors.torch import load_file, save_file
+
+    image_only = tmp_path / "image-only"
+    image_only.mkdir()
+    for f in folder.iterdir():
+        if f.name != "model.safetensors":
+            (image_only / f.name).write_bytes(f.read_bytes())
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("memory_")}, image_only / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ToolError, match="lacks SAM 2's video memory weights"):
+        load_sam2_video(str(image_only), "cpu", None, {})
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text('{"model_type": "sam"}')
     with pytest.raises(ToolError, match="model_type 'sam'; supported: sam2_video, sam2"):

@@ -327,7 +327,11 @@ def load_sam2_video(checkpoint: str, device: str, dtype: Any, options: dict[str,
     from transformers import Sam2VideoModel, Sam2VideoProcessor
 
     checked_config(checkpoint, "segment_video", ("sam2_video", "sam2"))
-    model = Sam2VideoModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    model, info = Sam2VideoModel.from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", ()) if k.startswith(("memory_", "mask_downsample", "object_pointer_proj"))]
+    if missing:  # an image-only SAM 2 export: the video memory would be random
+        raise ToolError(f"segment_video checkpoint {checkpoint} lacks SAM 2's video memory weights ({missing[0]}, ...); use a full SAM 2 checkpoint")
+    model = model.to(device).eval()
     processor = Sam2VideoProcessor.from_pretrained(checkpoint)
     window = options.get("window")
     return Sam2VideoBundle(
