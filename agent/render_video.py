@@ -1,8 +1,8 @@
 """Draw tracks (regions with sightings over time) on their video: annotated video files, frames
 with trails, and timelines.
 
-A track is a region dict (``Evidence.region``, a ``track`` tool output in a trace) with
-``"points"``: ``[{"time": seconds from the start of the video, "frame": index, "box": [x0, y0, x1,
+A track is a region dict (``Evidence.region``, a ``track`` tool output in a trace; a
+``segment_video`` object's ``"frames"`` serve the same way, drawn as boxes) with ``"points"``: ``[{"time": seconds from the start of the video, "frame": index, "box": [x0, y0, x1,
 y1] frame pixels, "score"}]`` in time order, plus ``id``, ``image`` (the video id), ``label``,
 ``first_seen`` / ``last_seen`` (seconds).
 
@@ -42,16 +42,24 @@ TRAIL = 60  # most trail points drawn per track
 CODECS = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx", "yuv420p")}
 
 
+def sightings(region: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """A region's sightings over time: its ``points`` (``track``) or ``frames`` (``segment_video``
+    objects), each a dict with ``time`` and ``box``; None when it has neither."""
+    for key in ("points", "frames"):
+        items = region.get(key)
+        if isinstance(items, list) and items and all(isinstance(p, Mapping) and "time" in p and "box" in p for p in items):
+            return items
+    return None
+
+
 def is_track(region: Mapping[str, Any]) -> bool:
-    """A region with sightings over time (``points``: dicts with ``time`` and ``box``)."""
-    points = region.get("points")
-    return (
-        isinstance(points, list) and bool(points) and all(isinstance(p, Mapping) and "time" in p and "box" in p for p in points)
-    )
+    """A region with sightings over time (see ``sightings``)."""
+    return sightings(region) is not None
 
 
 def tracks_in(regions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(r) for r in regions if is_track(r)]
+    """The regions with sightings over time, each with them as ``points``."""
+    return [dict(r, points=list(sightings(r) or [])) for r in regions if is_track(r)]
 
 
 def _color(i: int) -> tuple[int, int, int]:

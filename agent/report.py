@@ -24,7 +24,7 @@ from PIL import Image
 from visagent import ids
 from visagent.media import MediaStore, video_poster
 from visagent.render import annotate, iter_regions, region_label, render_regions
-from visagent.render_video import is_track, timeline_svg, write_track_video
+from visagent.render_video import sightings, timeline_svg, tracks_in, write_track_video
 from visagent.secrets import scrub
 from visagent.types import Answer, ToolStep
 
@@ -126,8 +126,8 @@ def data_uri(image: Image.Image, max_side: int = THUMB) -> str:
 
 def _region_what(r: dict[str, Any]) -> str:
     box = ", ".join(f"{float(v):.0f}" for v in r.get("box", []))
-    if is_track(r):
-        points = r["points"]
+    points = sightings(r)
+    if points:
         return (
             f"{region_label(r)} on {r.get('image')}: {float(points[0]['time']):.2f}-{float(points[-1]['time']):.2f} s, "
             f"{len(points)} boxes, first box [{box}]"
@@ -240,7 +240,7 @@ def report_html(answer: Answer, media: MediaStore) -> str:
             row["regions"] = [
                 {"id": r["id"], "what": _region_what(r), "cited": r["id"] in cited} for r in iter_regions(s.output)
             ][:200]
-            step_tracks = [r for r in iter_regions(s.output) if is_track(r)]
+            step_tracks = tracks_in(list(iter_regions(s.output)))
             if step_tracks:
                 tracks_by_video.setdefault(str(step_tracks[0]["image"]), []).extend(step_tracks)
                 row["timeline"] = timeline_svg(step_tracks[:200], cited=sorted(cited))

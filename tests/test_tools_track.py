@@ -416,3 +416,21 @@ def test_report_plays_the_video_in_headless_chromium(tracked, tmp_path: Path) ->
             assert page.locator("svg.timeline g.track").count() == len(tool_steps(answer)[0].output["tracks"])
         finally:
             browser.close()
+
+
+def test_objects_with_frames_over_time_draw_like_tracks() -> None:
+    from PIL import Image
+
+    from visagent.render_video import timeline, timeline_svg, track_frame, tracks_in
+
+    obj = {"id": "vmask_1_0", "image": "vid_0", "box": [10, 10, 30, 30], "frames": [
+        {"time": 0.0, "frame": 0, "box": [10, 10, 30, 30], "area": 400}, {"time": 0.5, "frame": 5, "box": [40, 10, 60, 30], "area": 400},
+    ]}  # fmt: skip
+    (track,) = tracks_in([obj, {"id": "det_2_0", "image": "img_0", "box": [0, 0, 5, 5]}])
+    assert [p["time"] for p in track["points"]] == [0.0, 0.5]
+    assert '<g class="track cited" data-id="vmask_1_0">' in timeline_svg([track], cited=["vmask_1_0"])
+    assert timeline([track]).size == (720, 22 + 30)
+    blank = Image.new("RGB", (W, H), (128, 128, 128))
+    drawn = np.asarray(track_frame(blank, [track], 0.5)).astype(int)
+    assert (np.abs(drawn - 128).sum(axis=2)[10:31, 40] > 60).all()  # the box's left edge at its second sighting
+    assert (np.abs(drawn - 128).sum(axis=2)[10:31, 10] < 10).all()  # not at the first one any more
