@@ -434,3 +434,39 @@ def test_objects_with_frames_over_time_draw_like_tracks() -> None:
     drawn = np.asarray(track_frame(blank, [track], 0.5)).astype(int)
     assert (np.abs(drawn - 128).sum(axis=2)[10:31, 40] > 60).all()  # the box's left edge at its second sighting
     assert (np.abs(drawn - 128).sum(axis=2)[10:31, 10] < 10).all()  # not at the first one any more
+
+
+@pytest.mark.parametrize("gop", [5, 250])
+def test_sparse_fps_seeks_and_gives_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gop: int) -> None:
+    import av
+
+    import visagent.tools.video as video
+
+    path = tmp_path / f"gop{gop}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10, options={"sc_threshold": "0"})  # keyframes every gop frames only
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = gop
+        for i in range(80):
+            a = np.zeros((48, 64, 3), np.uint8)
+            a[..., 0], a[..., 1] = (i % 25) * 10, (i // 25) * 10
+            frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    seeks: list[int] = []
+    original = av.container.InputContainer.seek
+
+    def counting(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        seeks.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(av.container.InputContainer, "seek", counting)
+    got = [(f.timestamp, f.index, frame_index(f.image)) for f in iter_frames(str(path), fps=0.4, start=0.5)]
+    sought = len(seeks)
+    monkeypatch.setattr(video, "SEEK_THRESHOLD_S", 1e9)  # never seek between ticks
+    assert got == [(f.timestamp, f.index, frame_index(f.image)) for f in iter_frames(str(path), fps=0.4, start=0.5)]
+    assert [i for _, i, _ in got] == [5, 30, 55]
+    assert sought > 4 if gop == 5 else sought <= 3, sought  # long groups of pictures: one seek tells, then frame by frame

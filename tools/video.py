@@ -207,7 +207,10 @@ def iter_frames(
     end). Sampling: ``fps`` keeps the first frame at or after each tick ``start + k / fps`` (half a
     source frame of tolerance; a tick between frames takes the next frame, so an ``fps`` above the
     video's rate gives every frame once); ``stride`` keeps every ``stride``-th decoded frame of the
-    range; neither keeps every frame; both is an error. ``max_frames``: stop after that many.
+    range; neither keeps every frame; both is an error. ``max_frames``: stop after that many. With
+    ``fps`` ticks more than ``SEEK_THRESHOLD_S`` apart are reached by seeking to the keyframe before
+    them (the same frames come out), until a seek lands no further than the previous frame
+    (keyframes further apart than the ticks), after which decoding goes on frame by frame.
 
     Each ``Frame`` has ``timestamp`` (seconds from the first frame, rounded to microseconds),
     ``image`` (RGB, rotated for display), ``pts`` and ``index``: the frame's 0-based index in the
@@ -250,6 +253,8 @@ def _iter_frames(
         in_range = 0
         last_t: float | None = None
         decoded = 0
+        seek_ok = bool(fps is not None and tb is not None and rate)
+        seeked_from: float | None = None  # where the last seek was made from (seconds)
         frames = container.decode(stream)
         while True:
             try:
@@ -266,6 +271,10 @@ def _iter_frames(
             t_abs = _frame_time(frame, fallback)
             last_t = t_abs
             t = round(t_abs - origin, 6)
+            if seeked_from is not None:
+                if t <= seeked_from + 1e-6:  # keyframes are further apart than the ticks: decode on
+                    seek_ok = False
+                seeked_from = None
             if t < start - 1e-6:
                 continue
             if end is not None and t >= end - 1e-9:
@@ -283,6 +292,11 @@ def _iter_frames(
             kept += 1
             if max_frames is not None and kept >= max_frames:
                 break
+            if seek_ok and next_tick - t > SEEK_THRESHOLD_S:  # a sparse tick: seek to the keyframe before it
+                target = origin + next_tick - tol
+                container.seek(max(int(target / float(tb)), 0), stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+                seeked_from, last_t = t, target - step
         if decoded == 0 and start == 0:
             raise VideoReadError(f"{path}: video has 0 decodable frames")
     finally:
