@@ -11,8 +11,9 @@ runner does.
 Reported per row: ``frames`` processed, ``seconds`` (wall), ``fps`` = frames / seconds,
 ``peak_rss_mb`` (the process's peak resident memory, ``getrusage``), ``warm_rss_mb`` (the peak
 after the warm-up, before the measured call) and ``growth_mb`` = peak - warm: the memory the call
-itself added. Flat memory in video length shows as ``growth_mb`` that does not grow with
-``minutes``; ``peak_state_frames`` (segment_video) is the most frames the SAM 2 session held.
+itself added; ``output_mb``: the size of the call's output as JSON (per-frame masks / boxes: it
+grows with the frames processed, by design). Flat memory in video length shows as ``growth_mb``
+that grows no faster than the output; ``peak_state_frames`` (segment_video) is the most frames the SAM 2 session held.
 Checkpoints: the tiny profile (``tiny:sam2-video``, ``tiny:grounding-dino``); with ``--full``
 (default on CUDA) segment_video also runs a real-size SAM 2 (``Sam2VideoConfig()``, the
 hiera-tiny architecture at 1024 px, random weights) saved and loaded through the same loader.
@@ -157,6 +158,7 @@ def child(tool: str, video: str, fps: float, device: str, checkpoint: str | None
         "minutes": round(meta.duration / 60, 2), "size": f"{meta.width}x{meta.height}", "sample_fps": fps,
         "frames": frames, "seconds": round(seconds, 2), "fps": round(frames / seconds, 2),
         "peak_rss_mb": round(_peak_mb(), 1), "warm_rss_mb": round(warm, 1), "growth_mb": round(_peak_mb() - warm, 1),
+        "output_mb": round(len(out.model_dump_json()) / 2**20, 2),
     }  # fmt: skip
     if tool == "segment_video":
         row["peak_state_frames"] = out.peak_state_frames
@@ -197,7 +199,7 @@ def run(
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["tool", "checkpoint", "threads", "minutes", "size", "frames", "seconds", "fps", "peak_rss_mb", "warm_rss_mb", "growth_mb", "peak_state_frames"]
+    cols = ["tool", "checkpoint", "threads", "minutes", "size", "frames", "seconds", "fps", "peak_rss_mb", "warm_rss_mb", "growth_mb", "output_mb", "peak_state_frames"]
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     for r in rows:
         lines.append(" | ".join(str(r.get(c, "")) for c in cols))
