@@ -3,8 +3,8 @@
 Pipeline: frames are streamed from the video (``visagent.tools.video.iter_frames``: a time range
 ``start`` / ``end``, sampled by ``fps`` or ``stride``, never decoded whole), detected in batches of
 ``BATCH_FRAMES`` with the ``detect`` family's model (the same backends and thresholds as
-``detect``; the detector's batched ``detect_many`` when it has one), de-duplicated per label with
-non-maximum suppression (``nms_iou``), and associated over time by ByteTrack from the ``trackers``
+``detect``; one ``detect_many`` call per batch, the model held only for that call),
+de-duplicated per label with non-maximum suppression (``nms_iou``), and associated over time by ByteTrack from the ``trackers``
 package (``trackers.ByteTrackTracker``, one tracker per label, fed ``supervision.Detections`` with
 the frames' timestamps). A new track starts only from a detection scoring at least
 ``track_threshold``; lower-scoring detections (down to ``box_threshold``) only continue tracks
@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from visagent.errors import ToolError
 from visagent.tools.base import Box, Prob, Region, Tool, ToolInput, ToolOutput, clip_text
-from visagent.tools.detect import DEFAULT_TEXT_THRESHOLD, RawDetection, _check_labels, nms_keep
+from visagent.tools.detect import DEFAULT_TEXT_THRESHOLD, DetectRequest, RawDetection, _check_labels, nms_keep
 from visagent.tools.detect import FAMILY as DETECT_FAMILY
 from visagent.tools.video import iter_frames, probe
 
@@ -379,15 +379,12 @@ def plan_sampling(duration: float, source_fps: float | None, frames: int, inp: T
 def _detect_batch(
     bundle: Any, images: list["Image.Image"], labels: list[str], box_threshold: float, text_threshold: float
 ) -> list[list[RawDetection]]:
-    """Detections per image: one batched call where the detector offers ``detect_many``."""
+    """Detections per image, in one batched ``detect_many`` call (one ``detect`` per image for a
+    backend without it)."""
     many = getattr(bundle, "detect_many", None)
-    if many is not None:
-        from visagent.tools import detect as detect_module
-
-        request = getattr(detect_module, "DetectRequest", None)
-        if request is not None:
-            return list(many([request(image, labels, box_threshold, text_threshold) for image in images]))
-    return [bundle.detect(image, labels, box_threshold, text_threshold) for image in images]
+    if many is None:
+        return [bundle.detect(image, labels, box_threshold, text_threshold) for image in images]
+    return list(many([DetectRequest(image, labels, box_threshold, text_threshold) for image in images]))
 
 
 def _video(ctx: Any, video_id: str) -> str:
@@ -438,20 +435,20 @@ class Track(Tool):
         frames = iter_frames(path, fps=plan.fps, stride=plan.stride, start=plan.start, end=inp.end, max_frames=inp.max_frames)
         done = 0
         width, height = meta.width, meta.height
-        with ctx.model(DETECT_FAMILY) as bundle:
-            batch: list[Any] = []
-            for frame in _with_end(frames):
-                if frame is not None:
-                    batch.append(frame)
-                if batch and (frame is None or len(batch) >= BATCH_FRAMES):
+        batch: list[Any] = []
+        for frame in _with_end(frames):
+            if frame is not None:
+                batch.append(frame)
+            if batch and (frame is None or len(batch) >= BATCH_FRAMES):
+                with ctx.model(DETECT_FAMILY) as bundle:  # held per batch: other calls may use the model between
                     found = _detect_batch(bundle, [f.image for f in batch], inp.labels, inp.box_threshold, inp.text_threshold)
-                    for f, dets in zip(batch, found):
-                        width, height = f.image.size
-                        kept = [d for label in inp.labels for d in nms_keep([x for x in dets if x.label == label], inp.nms_iou)]
-                        assoc.update(f.timestamp, f.index, kept)
-                    done += len(batch)
-                    batch = []
-                    ctx.progress("tracking frames", done, max(done, plan.expected))
+                for f, dets in zip(batch, found):
+                    width, height = f.image.size
+                    kept = [d for label in inp.labels for d in nms_keep([x for x in dets if x.label == label], inp.nms_iou)]
+                    assoc.update(f.timestamp, f.index, kept)
+                done += len(batch)
+                batch = []
+                ctx.progress("tracking frames", done, max(done, plan.expected))
         if done == 0:
             raise ToolError(f"no frame of {inp.video} lies in {plan.start:g}-{plan.end:g} s")
         keep, drop = confirmed(assoc.tracks(), inp.min_track_length)
