@@ -143,7 +143,9 @@ def ask(
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="planner steps before giving up (default 8)")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="append the trace as JSON lines while the run goes")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object: answer, evidence, trace")] = False,
-    show: Annotated[Optional[Path], typer.Option(help="save the image(s) with the cited evidence drawn (PNG)")] = None,
+    show: Annotated[
+        Optional[Path], typer.Option(help="save the image(s) with the cited evidence drawn (PNG; .mp4/.webm: the cited tracks' video)")
+    ] = None,
     report: Annotated[Optional[Path], typer.Option(help="save a self-contained HTML report of the run")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step as it happens")] = False,
     server: ServerOpt = None,
