@@ -271,3 +271,19 @@ def test_bad_requests_are_one_line_tool_errors(video: Path, args: dict[str, Any]
     with pytest.raises(ToolError, match=message) as info:
         _run(session, **{"video": "vid_0", **args})
     assert "\n" not in str(info.value)
+
+
+def test_a_timed_out_call_stops_propagating(video: Path) -> None:
+    """Once the runner closes the call (timeout), the loop stops at the next frame, model freed."""
+    session = _session(video)
+    seen: list[int] = []
+
+    def progress(message: str, done: int, total: int) -> None:
+        seen.append(done)
+        if done == 3:
+            ctx.close()
+
+    ctx = session.open_call(progress)
+    with pytest.raises(ToolError, match="is over \\(it timed out\\); stopped after 3 frames"):
+        SegmentVideo().run(SegmentVideoInput(video="vid_0", boxes=[[5, 5, 30, 30]], fps=5), ctx)
+    assert seen == [1, 2, 3]

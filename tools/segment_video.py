@@ -508,6 +508,8 @@ class SegmentVideo(Tool):
         with ctx.model(FAMILY) as bundle:
             prop = bundle.start(meta.width, meta.height)
             for frame in _frames(path, input, fps):
+                if getattr(ctx, "closed", False):  # timed out: stop decoding and free the model
+                    raise ToolError(f"call {ctx.call} is over (it timed out); stopped after {len(times)} frames")
                 if len(times) >= input.max_frames:
                     truncated = True
                     break
