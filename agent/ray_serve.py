@@ -183,8 +183,8 @@ class ModelDeployment:
             raise DeploymentStartError(
                 f"{START_ERROR}{family}' deployment: checkpoint {mc.checkpoint} (backend {mc.backend}): {_first_line(exc)}"
             ) from None
-        self._gather.set_max_batch_size(max(1, int(mc.max_batch)))
-        self._gather.set_batch_wait_timeout_s(max(0.0, float(mc.batch_wait_ms)) / 1000)
+        self._gather.set_max_batch_size(max(1, int(getattr(mc, "max_batch", 8))))
+        self._gather.set_batch_wait_timeout_s(max(0.0, float(getattr(mc, "batch_wait_ms", 2.0))) / 1000)
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside Serve (a direct test)
@@ -623,7 +623,7 @@ def build_app(config: "Config", planner: str | None = None, settings: "ServerSet
     handles = {}
     for family in served_families(config):
         d = config.ray.deployments.get(family, config.ray.default)
-        ongoing = 2 * max(1, config.model(family).max_batch)
+        ongoing = 2 * max(1, int(getattr(config.model(family), "max_batch", 8)))
         try:
             handles[family] = serve.deployment(ModelDeployment).options(**_options(d, family, ongoing)).bind(data, family)
         except (ValueError, TypeError) as exc:
