@@ -18,6 +18,10 @@ Modes (``MODES``; ``--modes`` picks some):
 Both run with ``server.max_concurrency`` ``--server-concurrency`` (32 by default: with the default
 of 2 runs at once, at most 2 calls could ever meet in a batch).
 
+Servers run with one intra-op thread (``--torch-threads 1``, ``OMP_NUM_THREADS``): on a small,
+shared CPU, torch's default of one thread per core can make a forward tens of times slower
+whenever a core is taken by another process, which would swamp what is measured here.
+
 Adding modes: ``MODES`` maps a name to a ``Mode``: a callable ``mode(setup) -> context manager``
 yielding a ``Served`` (``base`` URL, ``pids()`` of its processes for the memory reading, optional
 ``batch_stats()`` returning ``{"sizes": {"n": count}}``). A module ``benchmarks/_serving_ray.py``
@@ -269,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-concurrency", type=int, default=32, help="the servers' max_concurrency (runs at once)")
     ap.add_argument("--max-batch", type=int, default=8, help="max_batch of the batched modes")
     ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="batch_wait_ms of the batched modes")
+    ap.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of every server process (OMP_NUM_THREADS; 0: leave as is)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.torch_threads > 0:  # inherited by every mode's server processes
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.torch_threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     unknown = [m for m in args.modes if m not in MODES]
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch": args.max_batch,
         "batch_wait_ms": args.batch_wait_ms,
         "cpus": os.cpu_count(),
+        "torch_threads": args.torch_threads or None,
         "results": results,
         "throughput_ratios": ratios,
     }

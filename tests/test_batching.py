@@ -6,6 +6,7 @@ runs sharing forwards, and the stats in ``pool.stats()`` / ``visagent models``."
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -340,3 +341,46 @@ def test_models_command_shows_batching(tiny_config):
     rows = {r["family"]: r for r in json.loads(result.output)["models"]}
     assert rows["detect"]["batching"] == {"max_batch": 8, "batch_wait_ms": 2.0}
     assert rows["planner"]["batching"] is None
+
+
+def test_server_reports_batches_and_models_command_shows_them(tmp_path, capsys, monkeypatch):
+    """A real ``visagent serve`` (tiny profile, one detect call per request): ``GET /v1/models``
+    counts every call in the pool's batch statistics, and ``visagent models --server`` shows them."""
+    import json
+
+    import httpx
+
+    from tests.test_server import free_port, png, start, stop
+    from visagent.cli import main
+
+    (tmp_path / "plan.yaml").write_text("- tool: detect\n  args: {image: img_0, labels: [cat]}\n- final: done\n")
+    (tmp_path / "config.yaml").write_text(json.dumps({"server": {"max_concurrency": 4, "max_queue": 16}}))
+    port = free_port()
+    cmd = [sys.executable, "-m", "visagent.cli", "serve", "--profile", "tiny", "--config", str(tmp_path / "config.yaml"),
+           "--planner", f"script:{tmp_path / 'plan.yaml'}", "--port", str(port)]  # fmt: skip
+    proc = start(cmd, port, tmp_path / "server.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        async def asks():
+            async with httpx.AsyncClient(base_url=base, timeout=300) as client:
+                return await asyncio.gather(
+                    *[client.post("/v1/ask", files={"files": (f"{i}.png", png(40, 30, i))}, data={"question": f"q{i}"}) for i in range(4)]
+                )
+
+        responses = asyncio.run(asks())
+        assert [r.status_code for r in responses] == [200] * 4
+        pool = httpx.get(f"{base}/v1/models", timeout=30).json()["pool"]
+        det = next(m for m in pool["models"] if m["family"] == "detect")
+        assert det["batching"]["items"] == 4 and det["batching"]["ops"]["detect_many"]["max_batch"] == 8
+        assert pool["batching"]["items"] == 4
+        monkeypatch.setenv("COLUMNS", "200")
+        assert main(["models", "--profile", "tiny", "--server", base, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["pool"]["batching"]["items"] == 4
+        assert {r["family"]: r["resident"] for r in shown["models"]}["detect"] is True
+        assert main(["models", "--profile", "tiny", "--server", base]) == 0
+        text = capsys.readouterr().out
+        assert "resident on" in text and "batches" in text and "items" in text
+    finally:
+        stop(proc)
