@@ -5,8 +5,9 @@ scripted plan (``detect`` and ``count`` calls on the request's image, then a fin
 for each client concurrency level (default 1, 8, 32) sends ``--requests`` multipart asks (a small
 PNG each) and reports requests/s, p50 / p95 latency, the batch sizes the server observed during
 that level (from ``GET /v1/models``: the pool's batch statistics, differenced per level) and the
-server's peak memory (peak RSS of its processes). All modes run in one invocation on the same
-machine, so compare their ratios, not the absolute numbers.
+server's peak memory (peak RSS of its processes). All modes' servers run at once on the same
+machine, and each level is measured in ``--rounds`` rounds with the modes taking turns (alternating
+order), so every mode sees the same machine load: compare their ratios, not absolute numbers.
 
 Modes (``MODES``; ``--modes`` picks some):
 
@@ -206,6 +207,7 @@ def _sizes(stats: dict[str, Any]) -> Counter[int]:
 
 
 async def level(base: str, data: bytes, concurrency: int, n: int) -> dict[str, Any]:
+    """``n`` asks from ``concurrency`` clients: ``{latencies_ms, wall_s, failures}``."""
     import httpx
 
     latencies: list[float] = []
@@ -230,44 +232,65 @@ async def level(base: str, data: bytes, concurrency: int, n: int) -> dict[str, A
         wall = time.perf_counter() - t0
     if failures:
         log.warning("%d failed requests, e.g. %s", len(failures), failures[0])
+    return {"latencies_ms": latencies, "wall_s": wall, "failures": len(failures)}
+
+
+def _row(clients: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [x for p in parts for x in p["latencies_ms"]]
+    wall = sum(p["wall_s"] for p in parts)
     return {
-        "clients": concurrency,
-        "requests": n,
-        "failures": len(failures),
-        "rps": round(n / wall, 3),
+        "clients": clients,
+        "requests": len(latencies),
+        "failures": sum(p["failures"] for p in parts),
+        "rps": round(len(latencies) / wall, 3),
         "p50_ms": round(statistics.median(latencies), 1),
         "p95_ms": round(_pct(latencies, 0.95), 1),
     }
 
 
-def run_mode(name: str, setup: Setup, levels: list[int], requests: int) -> dict[str, Any]:
+def run_modes(names: list[str], setup: Setup, levels: list[int], requests: int, rounds: int) -> list[dict[str, Any]]:
+    """Every mode's server up at once (idle ones cost memory, not CPU); each level is measured in
+    ``rounds`` rounds, the modes taking turns in alternating order, so all see the same machine load."""
     import httpx
 
-    with MODES[name](setup) as served:
-        warm = httpx.post(f"{served.base}/v1/ask", files={"files": ("img.png", setup.image)}, data={"question": "warm up"}, timeout=900)
-        if warm.status_code != 200 or warm.json().get("status") != "answered":
-            raise SystemExit(f"{name}: warm-up request failed: {warm.status_code} {warm.text[:300]}")
-        rows = []
+    with contextlib.ExitStack() as stack:
+        served = {name: stack.enter_context(MODES[name](setup)) for name in names}
+        for name, srv in served.items():
+            warm = httpx.post(f"{srv.base}/v1/ask", files={"files": ("img.png", setup.image)}, data={"question": "warm up"}, timeout=900)
+            if warm.status_code != 200 or warm.json().get("status") != "answered":
+                raise SystemExit(f"{name}: warm-up request failed: {warm.status_code} {warm.text[:300]}")
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for c in levels:
-            before = _sizes(served.batch_stats()) if served.batch_stats else Counter()
-            row = asyncio.run(level(served.base, setup.image, c, max(requests, c)))
-            if served.batch_stats:
-                diff = _sizes(served.batch_stats()) - before
-                batches = sum(diff.values())
-                items = sum(n * k for n, k in diff.items())
-                row["batches"] = batches
-                row["mean_batch"] = round(items / batches, 2) if batches else 0.0
-                row["max_batch"] = max(diff) if diff else 0
-                row["batch_sizes"] = {str(n): diff[n] for n in sorted(diff)}
-            rows.append(row)
-        peak = peak_rss_bytes(served.pids())
-    return {"mode": name, "levels": rows, "peak_rss_mb": round(peak / 1e6, 1)}
+            per_round = max(c, -(-max(requests, c) // rounds))
+            parts: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            diffs: dict[str, Counter[int]] = {name: Counter() for name in names}
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else list(reversed(names)):
+                    srv = served[name]
+                    before = _sizes(srv.batch_stats()) if srv.batch_stats else Counter()
+                    parts[name].append(asyncio.run(level(srv.base, setup.image, c, per_round)))
+                    if srv.batch_stats:
+                        diffs[name] += _sizes(srv.batch_stats()) - before
+            for name in names:
+                row = _row(c, parts[name])
+                if served[name].batch_stats:
+                    diff = diffs[name]
+                    batches = sum(diff.values())
+                    items = sum(n * k for n, k in diff.items())
+                    row["batches"] = batches
+                    row["mean_batch"] = round(items / batches, 2) if batches else 0.0
+                    row["max_batch"] = max(diff) if diff else 0
+                    row["batch_sizes"] = {str(n): diff[n] for n in sorted(diff)}
+                rows[name].append(row)
+        peaks = {name: peak_rss_bytes(srv.pids()) for name, srv in served.items()}
+    return [{"mode": name, "levels": rows[name], "peak_rss_mb": round(peaks[name] / 1e6, 1)} for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=4, help="detector calls per request (detect / count in turn)")
-    ap.add_argument("--requests", type=int, default=32, help="requests per level (at least one per client)")
+    ap.add_argument("--requests", type=int, default=32, help="requests per level and mode (at least one per client)")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds per level, the modes taking turns (same machine load for all)")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="client concurrency levels")
     ap.add_argument("--modes", nargs="+", default=["unbatched", "batched"], help=f"modes to run (known: {', '.join(MODES)})")
     ap.add_argument("--server-concurrency", type=int, default=32, help="the servers' max_concurrency (runs at once)")
@@ -290,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_file = tmp / "plan.json"  # JSON is YAML: the scripted planner reads it
     plan_file.write_text(json.dumps(plan(args.calls)))
     setup = Setup(tmp, plan_file, _png(), args.server_concurrency, max(args.levels) * 2 + 8, args.max_batch, args.batch_wait_ms)
-    results = [run_mode(m, setup, args.levels, args.requests) for m in args.modes]
+    results = run_modes(args.modes, setup, args.levels, args.requests, max(1, args.rounds))
 
     by_mode = {r["mode"]: {row["clients"]: row for row in r["levels"]} for r in results}
     ratios: dict[str, float] = {}
@@ -307,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_wait_ms": args.batch_wait_ms,
         "cpus": os.cpu_count(),
         "torch_threads": args.torch_threads or None,
+        "rounds": max(1, args.rounds),
         "results": results,
         "throughput_ratios": ratios,
     }
