@@ -162,6 +162,29 @@ def test_max_batch_one_disables_batching():
     assert out == {1: 10, 2: 20, 3: 30} and [len(c) for c in gate.calls] == [1, 1, 1, 1]
 
 
+def test_a_model_is_not_evicted_while_a_batch_runs_on_it():
+    from visagent.pool import ModelKey, ModelPool
+
+    pool = ModelPool()
+    key = ModelKey("detect", "tiny:x", "cpu", "float32")
+    gate = Gate()
+
+    def run(items):
+        with pool.use(key, lambda: {"model": "loaded"}):
+            return gate(items)
+
+    b = pool.batcher(key, "detect_many", run, max_batch=8, batch_wait_ms=0)
+    threads, out = _submit_all(b, [1])
+    while not gate.calls:
+        time.sleep(0.002)
+    assert pool.evict(key) is False and pool.free_idle() == 0  # in use by the running batch
+    gate.release()
+    for t in threads:
+        t.join(30)
+    assert out == {1: 10} and pool.batch_stats(key)["items"] == 1
+    assert pool.evict(key) is True  # idle again
+
+
 # -- the backends' batched entry points ---------------------------------------------------------
 SIZES = [(40, 70), (48, 48), (40, 70)]  # (h, w): different sizes, one repeated
 
