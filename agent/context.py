@@ -71,7 +71,9 @@ class Models:
         from visagent.registry import load_model_modules
         from visagent.tools.models import loader_for
 
-        if not self.config.model(family).checkpoint.startswith("tiny:"):
+        remote = getattr(self.pool, "serves_remotely", None)
+        served_elsewhere = bool(remote is not None and remote(family))  # e.g. a Ray Serve deployment loads it
+        if not served_elsewhere and not self.config.model(family).checkpoint.startswith("tiny:"):
             self.resolve(family)  # a checkpoint that cannot be had fails here, before the libraries load
         load_model_modules()
         key, backend, _ = self.key(family)

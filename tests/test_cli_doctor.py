@@ -6,8 +6,11 @@ import pytest
 import yaml
 
 from visagent.cli import main
+from visagent.config import TINY_MODELS
 
-FAMILIES = ("planner", "caption", "vqa", "detect", "segment", "search", "video")
+FAMILIES = tuple(f for f in TINY_MODELS if f != "ocr")  # the families whose checkpoints come from the Hub
+#: models the doctor checks (every family of a profile)
+N = len(TINY_MODELS)
 
 
 def _config(tmp_path, **models: dict) -> str:
@@ -21,7 +24,7 @@ def test_doctor_tiny_profile_is_ready(monkeypatch, capsys):
     assert main(["doctor", "--profile", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "HF_HUB_OFFLINE=1: offline" in out and "nothing is downloaded" in out
-    assert out.rstrip().splitlines()[-1] == "ready: 8 of 8 models usable"
+    assert out.rstrip().splitlines()[-1] == f"ready: {N} of {N} models usable"
 
 
 def test_doctor_explains_an_unset_hub_offline_and_advises_it_when_all_is_cached(monkeypatch, capsys):
@@ -51,7 +54,7 @@ def test_doctor_exits_1_with_advice_when_no_model_is_usable(tmp_path, monkeypatc
     assert "--profile tiny" in out
     assert "export HF_HUB_OFFLINE=1" not in out  # nothing cached to use offline
     assert f"the Hub ({endpoint}) cannot be reached from here" in out and "copy its ~/.cache/huggingface here" in out
-    assert out.rstrip().splitlines()[-1].startswith("not ready: 0 of 8 models usable")
+    assert out.rstrip().splitlines()[-1].startswith(f"not ready: 0 of {N} models usable")
 
 
 def test_doctor_exits_1_when_the_planner_is_missing(tmp_path, monkeypatch, capsys):
@@ -59,7 +62,7 @@ def test_doctor_exits_1_when_the_planner_is_missing(tmp_path, monkeypatch, capsy
     config = _config(tmp_path, planner={"checkpoint": "visagent-absent/planner"})
     assert main(["doctor", "--profile", "tiny", "--config", config]) == 1
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
-    assert last == "not ready: 7 of 8 models usable; the planner (visagent-absent/planner) is not usable, so `visagent ask` cannot plan"
+    assert last == f"not ready: {N - 1} of {N} models usable; the planner (visagent-absent/planner) is not usable, so `visagent ask` cannot plan"
 
 
 @pytest.mark.parametrize("family", ["caption", "video"])
@@ -68,4 +71,4 @@ def test_doctor_is_ready_with_gaps_when_a_tool_model_is_missing(tmp_path, monkey
     config = _config(tmp_path, **{family: {"checkpoint": f"visagent-absent/{family}"}})
     assert main(["doctor", "--profile", "tiny", "--config", config]) == 0
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
-    assert last.startswith("ready, with gaps: 7 of 8 models usable") and family in last
+    assert last.startswith(f"ready, with gaps: {N - 1} of {N} models usable") and family in last

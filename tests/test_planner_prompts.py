@@ -132,7 +132,7 @@ def test_truncation_levels_keep_question_and_images() -> None:
     long_obs = OBS + " " + "x" * 600
     state = _state(n_calls=6, obs=long_obs, media=_media(2))
     full = estimate_tokens(build_messages(state, level=0))
-    least = estimate_tokens(build_messages(state, level=4))
+    least = estimate_tokens(build_messages(state, level=5))
     assert least < full
     seen_levels = []
     for budget in (full, full - 50, (full + least) // 2, least):
@@ -143,7 +143,7 @@ def test_truncation_levels_keep_question_and_images() -> None:
         assert "Question: How many cups are there?" in text
         assert text.count("<image>") == 2
         assert "det_6_1" in text  # the newest observation's ids survive every level
-    assert seen_levels[0] == 0 and seen_levels == sorted(seen_levels) and seen_levels[-1] == 4
+    assert seen_levels[0] == 0 and seen_levels == sorted(seen_levels) and seen_levels[-1] == 5
     lvl1 = text_only(build_messages(state, level=1))
     assert "obs_1 (fake_find): 2 cup found" in lvl1 and "x" * 600 not in lvl1.split("obs_5")[0]
     assert long_obs.replace("det_1_", "det_6_") in lvl1  # recent observations stay whole

@@ -61,6 +61,33 @@ ARCH_FILE = "sam_arch.json"
 _OFFICIAL_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 
 
+def check_prompts(boxes: list[str | list[float]] | None, points: list[list[float]] | None, point_labels: list[int] | None) -> None:
+    """Shared checks of SAM prompts: pixel boxes [x0, y0, x1, y1] finite and non-empty (region ids
+    pass), points [x, y] finite, ``point_labels`` one 0/1 per point. Raises ValueError."""
+    for i, box in enumerate(boxes or []):
+        if isinstance(box, str):
+            continue
+        if len(box) != 4:
+            raise ValueError(f"boxes[{i}] must be [x0, y0, x1, y1], got {len(box)} numbers")
+        if not all(math.isfinite(v) for v in box):
+            raise ValueError(f"boxes[{i}] has a non-finite coordinate: {box}")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"boxes[{i}] {box} is empty: need x0 < x1 and y0 < y1")
+    for i, point in enumerate(points or []):
+        if len(point) != 2:
+            raise ValueError(f"points[{i}] must be [x, y], got {len(point)} numbers")
+        if not all(math.isfinite(v) for v in point):
+            raise ValueError(f"points[{i}] has a non-finite coordinate: {point}")
+    if point_labels is not None:
+        if points is None:
+            raise ValueError("point_labels given without points")
+        if len(point_labels) != len(points):
+            raise ValueError(f"point_labels has {len(point_labels)} entries but points has {len(points)}")
+        bad = [v for v in point_labels if v not in (0, 1)]
+        if bad:
+            raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {bad[0]}")
+
+
 # -- input / output -------------------------------------------------------------------------
 class SegmentInput(ToolInput):
     """``image``: image id. ``boxes``: region ids (``det_1_0``) or [x0, y0, x1, y1] pixels of the
@@ -79,30 +106,7 @@ class SegmentInput(ToolInput):
     def _check(self) -> "SegmentInput":
         if not self.boxes and not self.points:
             raise ValueError("give boxes (region ids or [x0, y0, x1, y1]) or points to segment")
-        for i, box in enumerate(self.boxes or []):
-            if isinstance(box, str):
-                continue
-            if len(box) != 4:
-                raise ValueError(f"boxes[{i}] must be [x0, y0, x1, y1], got {len(box)} numbers")
-            if not all(math.isfinite(v) for v in box):
-                raise ValueError(f"boxes[{i}] has a non-finite coordinate: {box}")
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise ValueError(f"boxes[{i}] {box} is empty: need x0 < x1 and y0 < y1")
-        for i, point in enumerate(self.points or []):
-            if len(point) != 2:
-                raise ValueError(f"points[{i}] must be [x, y], got {len(point)} numbers")
-            if not all(math.isfinite(v) for v in point):
-                raise ValueError(f"points[{i}] has a non-finite coordinate: {point}")
-        if self.point_labels is not None:
-            if self.points is None:
-                raise ValueError("point_labels given without points")
-            if len(self.point_labels) != len(self.points):
-                raise ValueError(
-                    f"point_labels has {len(self.point_labels)} entries but points has {len(self.points)}"
-                )
-            bad = [v for v in self.point_labels if v not in (0, 1)]
-            if bad:
-                raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {bad[0]}")
+        check_prompts(self.boxes, self.points, self.point_labels)
         return self
 
 

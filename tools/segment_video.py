@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field, model_validator
 from visagent.errors import ToolError
 from visagent.tools.base import Box, Region, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import checked_config, register_loader
-from visagent.tools.segment import mask_to_rle
+from visagent.tools.segment import check_prompts, mask_to_rle
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -101,28 +101,7 @@ class SegmentVideoInput(ToolInput):
             raise ValueError(f"end ({self.end:g} s) must be after start ({self.start:g} s)")
         if len(self.boxes or []) > MAX_OBJECTS:
             raise ValueError(f"at most {MAX_OBJECTS} boxes (objects) per call, got {len(self.boxes or [])}")
-        for i, box in enumerate(self.boxes or []):
-            if isinstance(box, str):
-                continue
-            if len(box) != 4:
-                raise ValueError(f"boxes[{i}] must be [x0, y0, x1, y1], got {len(box)} numbers")
-            if not all(math.isfinite(v) for v in box):
-                raise ValueError(f"boxes[{i}] has a non-finite coordinate: {box}")
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise ValueError(f"boxes[{i}] {box} is empty: need x0 < x1 and y0 < y1")
-        for i, point in enumerate(self.points or []):
-            if len(point) != 2:
-                raise ValueError(f"points[{i}] must be [x, y], got {len(point)} numbers")
-            if not all(math.isfinite(v) for v in point):
-                raise ValueError(f"points[{i}] has a non-finite coordinate: {point}")
-        if self.point_labels is not None:
-            if self.points is None:
-                raise ValueError("point_labels given without points")
-            if len(self.point_labels) != len(self.points):
-                raise ValueError(f"point_labels has {len(self.point_labels)} entries but points has {len(self.points)}")
-            bad = [v for v in self.point_labels if v not in (0, 1)]
-            if bad:
-                raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {bad[0]}")
+        check_prompts(self.boxes, self.points, self.point_labels)
         return self
 
 
@@ -367,15 +346,6 @@ class _Object:
     prompt_time: float | None = None
 
 
-def _video_path(ctx: Any, video_id: str) -> str:
-    try:
-        return ctx.video_path(video_id)
-    except ToolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MediaError for an unknown id or an image id
-        raise ToolError(str(exc)) from None
-
-
 def _frames(path: str, inp: SegmentVideoInput, fps: float | None) -> Iterator[Any]:
     from visagent.tools.video import iter_frames
 
@@ -494,9 +464,9 @@ class SegmentVideo(Tool):
         return fps, inp.start, t1, max(estimate, 1)
 
     def run(self, input: SegmentVideoInput, ctx: Any) -> SegmentVideoOutput:  # noqa: A002
-        from visagent.tools.video import probe
+        from visagent.tools.video import probe, video_path
 
-        path = _video_path(ctx, input.video)
+        path = video_path(ctx, input.video)
         meta = probe(path)
         fps, t0, t1, estimate = self._sampling(input, meta)
         objects = self._objects(input, ctx, meta, t0, t1)

@@ -43,7 +43,7 @@ from visagent.errors import ToolError
 from visagent.tools.base import Box, Prob, Region, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.detect import DEFAULT_TEXT_THRESHOLD, DetectRequest, RawDetection, _check_labels, nms_keep
 from visagent.tools.detect import FAMILY as DETECT_FAMILY
-from visagent.tools.video import iter_frames, probe
+from visagent.tools.video import iter_frames, probe, video_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -387,15 +387,6 @@ def _detect_batch(
     return list(many([DetectRequest(image, labels, box_threshold, text_threshold) for image in images]))
 
 
-def _video(ctx: Any, video_id: str) -> str:
-    try:
-        return ctx.video_path(video_id)
-    except ToolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MediaError for an unknown id or an image id
-        raise ToolError(str(exc)) from None
-
-
 def build_regions(ctx: Any, video_id: str, tracks: Sequence[RawTrack]) -> list[TrackRegion]:
     """Tracks -> ``TrackRegion`` with ids ``trk_<call>_<i>`` in order."""
     out = []
@@ -427,7 +418,7 @@ class Track(Tool):
     region_prefixes = ("trk",)
 
     def run(self, inp: TrackInput, ctx: Any) -> TrackOutput:  # noqa: D102
-        path = _video(ctx, inp.video)
+        path = video_path(ctx, inp.video)
         meta = probe(path)
         plan = plan_sampling(meta.duration, meta.fps, meta.frames, inp)
         settings = TrackerSettings(inp.track_threshold, inp.match_iou, inp.lost_seconds, plan.rate)

@@ -456,7 +456,8 @@ def _register(ctx: Any, video_id: str, frames: list[Frame]) -> list[FrameRef]:
     return refs
 
 
-def _video(ctx: Any, video_id: str) -> str:
+def video_path(ctx: Any, video_id: str) -> str:
+    """The file of video ``video_id``; an unknown id or an image id is a ``ToolError`` naming it."""
     try:
         return ctx.video_path(video_id)
     except ToolError:
@@ -473,14 +474,14 @@ class VideoFrames(Tool):
     )
 
     def run(self, input: VideoFramesInput, ctx: Any) -> VideoFramesOutput:  # noqa: A002
-        meta, frames = sample_frames(_video(ctx, input.video), input.frames)
+        meta, frames = sample_frames(video_path(ctx, input.video), input.frames)
         return VideoFramesOutput(video=input.video, duration=round(meta.duration, 3), frames=_register(ctx, input.video, frames))
 
     @classmethod
     def replay_effects(cls, input: VideoFramesInput, output: VideoFramesOutput, ctx: Any) -> VideoFramesOutput:  # noqa: A002
         """Sample the (sha256-checked) video again and register the same frames as images, so that
         later calls and re-planning see their pixels; frames at other times are an error."""
-        _, frames = sample_frames(_video(ctx, input.video), input.frames)
+        _, frames = sample_frames(video_path(ctx, input.video), input.frames)
         now = [round(f.timestamp, 3) for f in frames]
         recorded = [round(f.timestamp, 3) for f in output.frames]
         if now != recorded:
@@ -517,7 +518,7 @@ class VideoQA(Tool):
     def run(self, input: VideoQAInput, ctx: Any) -> VideoQAOutput:  # noqa: A002
         if not input.question.strip():
             raise ToolError("question is empty")
-        path = _video(ctx, input.video)
+        path = video_path(ctx, input.video)
         _, frames = sample_frames(path, input.frames)
         images = [f.image for f in frames]
         if len(images) < input.frames:  # repeat in order, like np.linspace indices on a short clip

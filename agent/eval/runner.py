@@ -91,18 +91,9 @@ def _one_line(exc: BaseException) -> str:
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The complete records of a records file, in file order (a line cut off by a kill is skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("id"), str):
-            out.append(data)
-    return out
+    from visagent.scenarios import read_results
+
+    return [r for r in read_results(path) if isinstance(r.get("id"), str)]
 
 
 def _drop_partial_line(path: Path) -> None:

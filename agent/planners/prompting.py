@@ -19,7 +19,8 @@ Context budget (``fit_messages``): when the prompt is longer than the budget, ol
 are shortened step by step — level 1 clips observations older than the last ``keep_recent`` tool
 calls to ``clip_chars``; level 2 replaces them by their ids only; level 3 also drops the worked
 examples; level 4 reduces every observation (recent ones too) to its ids and earlier conversation
-turns to their answers. The question and the images are never cut. Templates are Jinja with
+turns to their answers; level 5 also shows each tool by its signature and description only (the
+per-argument lines go: many tools on a 4k-context model). The question and the images are never cut. Templates are Jinja with
 ``StrictUndefined`` (a missing variable is an error, never an empty string).
 """
 
@@ -40,7 +41,11 @@ from visagent.types import Action, ErrorStep, Final, NoteStep, PlannerStep, Tool
 
 Message = dict[str, Any]
 
-MAX_LEVEL = 4
+#: observations and earlier turns reduced to their ids from this level on
+IDS_ONLY_LEVEL = 4
+#: from this level on each tool is shown by its signature and description only (no argument lines)
+COMPACT_TOOLS_LEVEL = 5
+MAX_LEVEL = COMPACT_TOOLS_LEVEL
 
 
 def prompts_dir() -> Path:
@@ -103,10 +108,11 @@ def _constraints(prop: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def tool_specs(tools: dict[str, Any]) -> list[dict[str, Any]]:
+def tool_specs(tools: dict[str, Any], details: bool = True) -> list[dict[str, Any]]:
     """``[{name, signature, description, args: [{name, text}], schema}]`` from each tool's Input
     JSON schema: ``signature`` from ``Tool.signature()``, one line per argument with its
-    description and bounds, ``schema`` the compact JSON schema (titles removed)."""
+    description and bounds (none when not ``details``), ``schema`` the compact JSON schema
+    (titles removed)."""
     out = []
     for name, tool in tools.items():
         schema = tool.input_schema()
@@ -117,7 +123,7 @@ def tool_specs(tools: dict[str, Any]) -> list[dict[str, Any]]:
                 extra = _constraints(alt)
                 if extra:
                     bits.append(extra)
-            if bits:
+            if bits and details:
                 args.append({"name": pname, "text": "; ".join(bits)})
         out.append(
             {
@@ -172,7 +178,7 @@ def _history(state: PlannerState, level: int) -> list[dict[str, Any]]:
             {
                 "question": str(turn.get("question", "")),
                 "answer": str(turn.get("answer", "")),
-                "evidence": [str(e) for e in evidence] if level < MAX_LEVEL else [],
+                "evidence": [str(e) for e in evidence] if level < IDS_ONLY_LEVEL else [],
             }
         )
     return turns
@@ -180,7 +186,7 @@ def _history(state: PlannerState, level: int) -> list[dict[str, Any]]:
 
 def _observation(step: ToolStep, level: int, recent: bool, options: PromptOptions) -> str:
     text = step.observation
-    if level >= 2 and (not recent or level >= MAX_LEVEL):
+    if level >= 2 and (not recent or level >= IDS_ONLY_LEVEL):
         kept = list(dict.fromkeys(ids.region_in_text_re().findall(text)))
         text = "[shortened to fit the context]" + (f" ids: {', '.join(kept)}" if kept else "")
     elif level >= 1 and not recent and len(text) > options.clip_chars:
@@ -195,7 +201,7 @@ def build_messages(state: PlannerState, options: PromptOptions | None = None, le
     examples = render("examples.j2") if options.examples and level < 3 else ""
     system = render(
         "system.j2",
-        tools=tool_specs(state.tools),
+        tools=tool_specs(state.tools, details=level < COMPACT_TOOLS_LEVEL),
         examples=examples,
         media_ids=[m.id for m in state.media],
     )
@@ -310,7 +316,7 @@ def fit_messages(
 ) -> tuple[list[Message], int, int]:
     """The least-truncated messages whose ``count_tokens`` fits ``budget``: (messages, level, tokens).
 
-    ``RunError`` when even level 4 does not fit (the question and images alone are too long).
+    ``RunError`` when even the last level does not fit (the question and images alone are too long).
     """
     tokens = 0
     for level in range(MAX_LEVEL + 1):

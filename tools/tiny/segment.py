@@ -62,6 +62,28 @@ def build_tiny_sam(folder: Path) -> None:
     SamProcessor(image_processor).save_pretrained(folder)
 
 
+def tiny_sam2_vision_config(size: int, dim: int) -> dict[str, object]:
+    """The vision (Hiera backbone + FPN) part of a tiny SAM 2 config: ``size`` px square input,
+    FPN width ``dim``; shared by the image and the video tiny checkpoints."""
+    return {
+        "backbone_config": {
+            "model_type": "sam2_hiera_det_model",
+            "hidden_size": 8,
+            "num_attention_heads": 1,
+            "image_size": [size, size],
+            "blocks_per_stage": [1, 1, 2, 1],
+            "embed_dim_per_stage": [8, 16, 32, 64],
+            "num_attention_heads_per_stage": [1, 1, 1, 1],
+            "window_size_per_stage": [4, 4, 4, 2],
+            "global_attention_blocks": [3],  # not a stage's first (query-pooling) block
+            "window_positional_embedding_background_size": [2, 2],
+        },
+        "backbone_channel_list": [64, 32, 16, 8],
+        "backbone_feature_sizes": [[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]],
+        "fpn_hidden_size": dim,
+    }
+
+
 @register_tiny("sam2")
 def build_tiny_sam2(folder: Path) -> None:
     """Tiny random ``Sam2Model`` (Hiera backbone, 64 px square input) + ``Sam2Processor``."""
@@ -71,23 +93,7 @@ def build_tiny_sam2(folder: Path) -> None:
     torch.manual_seed(0)
     size, dim = TINY_IMAGE_SIZE, 32
     config = Sam2Config(
-        vision_config={
-            "backbone_config": {
-                "model_type": "sam2_hiera_det_model",
-                "hidden_size": 8,
-                "num_attention_heads": 1,
-                "image_size": [size, size],
-                "blocks_per_stage": [1, 1, 2, 1],
-                "embed_dim_per_stage": [8, 16, 32, 64],
-                "num_attention_heads_per_stage": [1, 1, 1, 1],
-                "window_size_per_stage": [4, 4, 4, 2],
-                "global_attention_blocks": [3],  # not a stage's first (query-pooling) block
-                "window_positional_embedding_background_size": [2, 2],
-            },
-            "backbone_channel_list": [64, 32, 16, 8],
-            "backbone_feature_sizes": [[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]],
-            "fpn_hidden_size": dim,
-        },
+        vision_config=tiny_sam2_vision_config(size, dim),
         prompt_encoder_config={"hidden_size": dim, "image_size": size, "patch_size": 16, "mask_input_channels": 4},
         mask_decoder_config={"hidden_size": dim, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": dim},
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visagent.tools.models import register_tiny
+from visagent.tools.tiny.segment import tiny_sam2_vision_config
 
 TINY_IMAGE_SIZE = 64
 #: hidden width of the FPN, mask decoder and memory attention. SAM 2 splits each object pointer
@@ -23,23 +24,7 @@ def tiny_sam2_video_config(size: int = TINY_IMAGE_SIZE, dim: int = TINY_HIDDEN) 
     from transformers import Sam2VideoConfig
 
     return Sam2VideoConfig(
-        vision_config={
-            "backbone_config": {
-                "model_type": "sam2_hiera_det_model",
-                "hidden_size": 8,
-                "num_attention_heads": 1,
-                "image_size": [size, size],
-                "blocks_per_stage": [1, 1, 2, 1],
-                "embed_dim_per_stage": [8, 16, 32, 64],
-                "num_attention_heads_per_stage": [1, 1, 1, 1],
-                "window_size_per_stage": [4, 4, 4, 2],
-                "global_attention_blocks": [3],
-                "window_positional_embedding_background_size": [2, 2],
-            },
-            "backbone_channel_list": [64, 32, 16, 8],
-            "backbone_feature_sizes": [[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]],
-            "fpn_hidden_size": dim,
-        },
+        vision_config=tiny_sam2_vision_config(size, dim),
         prompt_encoder_config={"hidden_size": dim, "image_size": size, "patch_size": 16, "mask_input_channels": 4},
         mask_decoder_config={"hidden_size": dim, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
         image_size=size,
