@@ -108,7 +108,7 @@ def test_video_tools(tmp_path: Path) -> None:
 
 
 def test_serving(tmp_path: Path) -> None:
-    result = run_benchmark(tmp_path, "serving", "--modes", "batched", "--levels", "2", "--requests", "2", "--rounds", "1", "--calls", "1")
+    result = run_benchmark(tmp_path, "serving", "--modes", "batched", "--levels", "2", "--requests", "2", "--rounds", "1", "--calls", "1", "--torch-threads", "1")
     (mode,) = result["results"]
     assert mode["mode"] == "batched" and positive(mode["peak_rss_mb"])
     (level,) = mode["levels"]
