@@ -139,3 +139,14 @@ def test_plugin_tool_is_listed_and_callable(fresh_env: dict[str, Any], tmp_path:
     answer = json.loads(_run(cmd, fresh_env["user"], fresh_env["env"]).stdout)
     tool_steps = [s for s in answer["trace"]["steps"] if s["type"] == "tool"]
     assert answer["status"] == "answered" and tool_steps[0]["tool"] == "shout" and tool_steps[0]["observation"] == "HELLO"
+
+
+def test_the_all_extra_brings_every_other_extra() -> None:
+    """``make test`` / CI install ``.[all,dev]``: an extra left out of ``all`` is never installed there."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (spec,) = extras["all"]
+    named = set(re.fullmatch(r"visagent\[([\w,-]+)\]", spec).group(1).split(","))
+    assert named == set(extras) - {"all", "dev"}, f"missing from all: {sorted(set(extras) - {'all', 'dev'} - named)}"
