@@ -540,6 +540,7 @@ def failure_text(result: dict[str, Any]) -> str:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) with linear interpolation; 0.0 for no values."""
     if not values:
         return 0.0
     v = sorted(values)

@@ -602,7 +602,8 @@ def rle_to_mask(rle: dict[str, Any]) -> "np.ndarray":
         return mask_utils.decode(encoded).astype(bool)
 
 
-def _mask_box(mask: "np.ndarray") -> list[float] | None:
+def mask_box(mask: "np.ndarray") -> list[float] | None:
+    """Tight [x0, y0, x1, y1] pixels of a boolean (H, W) mask (x1, y1 exclusive); None when empty."""
     import numpy as np
 
     rows = np.flatnonzero(mask.any(axis=1))
@@ -612,7 +613,8 @@ def _mask_box(mask: "np.ndarray") -> list[float] | None:
     return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
 
 
-def _fmt(box: list[float]) -> str:
+def fmt_box(box: list[float]) -> str:
+    """``[x0, y0, x1, y1]`` with compact numbers, for messages."""
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
@@ -641,13 +643,13 @@ class Segment(Tool):
                 source, label = item, region.label
             else:
                 box, source, label = [float(v) for v in item], None, None
-                name = f"boxes[{i}] {_fmt(box)}"
+                name = f"boxes[{i}] {fmt_box(box)}"
                 if box[0] < -tol or box[1] < -tol or box[2] > width + tol or box[3] > height + tol:
                     raise ToolError(f"{name} is outside {inp.image} ({width}x{height} px)")
             clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
                        min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]  # fmt: skip
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                raise ToolError(f"box {source or i} {_fmt(box)} does not overlap {inp.image} ({width}x{height} px)")
+                raise ToolError(f"box {source or i} {fmt_box(box)} does not overlap {inp.image} ({width}x{height} px)")
             boxes.append(clipped)
             sources.append((source, label))
         for i, (x, y) in enumerate(inp.points or []):
@@ -683,7 +685,7 @@ class Segment(Tool):
         rles = mask_to_rle(masks)
         out = []
         for i, (mask, rle, score, (source, label)) in enumerate(zip(masks, rles, scores, sources, strict=True)):
-            box = _mask_box(mask)
+            box = mask_box(mask)
             if box is None:
                 box = list(prompts.boxes[i]) if prompts.boxes else _points_box(prompts.points or [])
             out.append(

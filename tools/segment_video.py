@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field, model_validator
 from visagent.errors import ToolError
 from visagent.tools.base import Box, Region, Tool, ToolInput, ToolOutput, clip_text
 from visagent.tools.models import checked_config, register_loader
-from visagent.tools.segment import check_prompts, mask_to_rle
+from visagent.tools.segment import check_prompts, fmt_box, mask_box, mask_to_rle
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -320,20 +320,6 @@ def load_sam2_video(checkpoint: str, device: str, dtype: Any, options: dict[str,
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _mask_box(mask: "np.ndarray") -> list[float] | None:
-    import numpy as np
-
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
-
-
-def _fmt(box: list[float]) -> str:
-    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
-
-
 @dataclass
 class _Object:
     """What the tool knows of one object while it runs."""
@@ -378,11 +364,11 @@ class SegmentVideo(Tool):
 
         def on_frame(what: str, box: list[float]) -> list[float]:
             if box[0] < -tol or box[1] < -tol or box[2] > width + tol or box[3] > height + tol:
-                raise ToolError(f"{what} {_fmt(box)} is outside the frames of {inp.video} ({width}x{height} px)")
+                raise ToolError(f"{what} {fmt_box(box)} is outside the frames of {inp.video} ({width}x{height} px)")
             clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
                        min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]  # fmt: skip
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                raise ToolError(f"{what} {_fmt(box)} does not overlap the frames of {inp.video} ({width}x{height} px)")
+                raise ToolError(f"{what} {fmt_box(box)} does not overlap the frames of {inp.video} ({width}x{height} px)")
             return clipped
 
         points = [[min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)] for x, y in inp.points or []]
@@ -508,7 +494,7 @@ class SegmentVideo(Tool):
         rles = mask_to_rle(masks[nonempty]) if nonempty else []
         for i, rle in zip(nonempty, rles, strict=True):
             mask = masks[i]
-            box = _mask_box(mask)
+            box = mask_box(mask)
             assert box is not None
             objects[obj_ids[i] - 1].frames.append(
                 MaskFrame(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from visagent.errors import UsageError
+from visagent.scenarios import percentile, read_results
 from visagent.secrets import scrub
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,6 @@ def config_names(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) with linear interpolation; 0.0 for no values."""
-    if not values:
-        return 0.0
-    v = sorted(values)
-    k = (len(v) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return scrub(f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
@@ -91,8 +82,6 @@ def _one_line(exc: BaseException) -> str:
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The complete records of a records file, in file order (a line cut off by a kill is skipped)."""
-    from visagent.scenarios import read_results
-
     return [r for r in read_results(path) if isinstance(r.get("id"), str)]
 
 
